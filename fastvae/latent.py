@@ -1,0 +1,156 @@
+"""The latent head: ``z, kl = reparameterize(mu, logvar)``.
+
+CUDA tensors (and CPU tensors under ``FASTVAE_BACKEND=triton`` with ``TRITON_INTERPRET=1``)
+go to the fused Triton kernel through the ``fastvae::latent_head`` custom op, which
+``torch.compile(fullgraph=True)`` traces without a graph break; other tensors take the
+plain-torch reference path. The seed lives in a device tensor, so the op can be captured
+in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import reference
+from .backend import use_triton
+from .input_checks import require_float_tensor, require_rows, require_same_device, require_same_shape
+
+SEED_HIGH = 2**62
+
+
+@torch.library.custom_op("fastvae::latent_head", mutates_args=())
+def _latent_head(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from .kernels.latent_head import latent_head_forward
+
+    return latent_head_forward(mu, logvar, eps, seed)
+
+
+@_latent_head.register_fake
+def _latent_head_fake(mu, logvar, eps, seed):
+    acc = reference.accumulation_dtype(mu, logvar)
+    return torch.empty_like(mu, memory_format=torch.contiguous_format), mu.new_empty(mu.shape[:1], dtype=acc)
+
+
+@torch.library.custom_op("fastvae::latent_head_backward", mutates_args=())
+def _latent_head_backward(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: Optional[torch.Tensor],
+    seed: torch.Tensor,
+    grad_z: Optional[torch.Tensor],
+    grad_kl: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from .kernels.latent_head import latent_head_backward
+
+    return latent_head_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+
+
+@_latent_head_backward.register_fake
+def _latent_head_backward_fake(mu, logvar, eps, seed, grad_z, grad_kl):
+    return (torch.empty_like(mu, memory_format=torch.contiguous_format),
+            torch.empty_like(logvar, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    mu, logvar, eps, seed = inputs
+    ctx.save_for_backward(mu, logvar, eps, seed)
+
+
+def _backward(ctx, grad_z, grad_kl):
+    mu, logvar, eps, seed = ctx.saved_tensors
+    grad_mu, grad_logvar = _latent_head_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+    grad_eps = None
+    if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
+        # dz/deps = exp(lv / 2): only when the caller's explicit noise itself requires grad
+        grad_eps = (grad_z * torch.exp(0.5 * reference.upcast(logvar))).to(eps.dtype)
+    return grad_mu, grad_logvar, grad_eps, None
+
+
+_latent_head.register_autograd(_backward, setup_context=_setup_context)
+
+
+def draw_seed(device: torch.device) -> torch.Tensor:
+    """A fresh Philox seed drawn from torch's generator for ``device``, kept on that device.
+
+    No host-device synchronisation, and on CUDA safe inside graph capture.
+    """
+    return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)
+
+
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    seed: int | torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``z = mu + exp(logvar/2) * eps`` and the analytic ``KL(q(z|x) || N(0, I))`` per row.
+
+    Args:
+        mu, logvar: the encoder's outputs, shape (..., Z), same dtype.
+        seed: seed of the noise; ``None`` draws one from torch's generator (so
+            ``torch.manual_seed`` makes runs reproducible). An int or a 1-element int64
+            tensor. The same seed gives the same z on a given backend.
+        eps: explicit standard-normal noise shaped like ``mu``; then nothing is drawn.
+
+    Returns:
+        ``z`` shaped and typed like ``mu``, and ``kl`` of shape ``mu.shape[:-1]`` in float32
+        (float64 for float64 inputs).
+
+    >>> mu, logvar = torch.zeros(4, 2), torch.zeros(4, 2)
+    >>> z, kl = reparameterize(mu, logvar, seed=0)
+    >>> z.shape, kl.shape
+    (torch.Size([4, 2]), torch.Size([4]))
+    """
+    require_float_tensor("mu", mu)
+    require_float_tensor("logvar", logvar)
+    require_rows("mu", mu)
+    require_same_shape("logvar", logvar, "mu", mu)
+    if logvar.dtype != mu.dtype:
+        raise TypeError(f"logvar has dtype {logvar.dtype} but mu has {mu.dtype}; they must match")
+    tensors = {"mu": mu, "logvar": logvar}
+    if eps is not None:
+        require_float_tensor("eps", eps)
+        require_same_shape("eps", eps, "mu", mu)
+        tensors["eps"] = eps
+        if seed is not None:
+            raise ValueError("pass either seed or eps, not both: eps is the noise itself")
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise TypeError(f"seed must be an int or a 1-element int64 tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
+        tensors["seed"] = seed
+    elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int, a 1-element int64 tensor or None, got {type(seed).__name__}")
+    device = require_same_device(**tensors)
+
+    if not use_triton(device):
+        if eps is None:
+            eps = _torch_noise(mu, seed)
+        return reference.reparameterize_ref(mu, logvar, eps)
+
+    batch_shape, n_latent = mu.shape[:-1], mu.shape[-1]
+    if eps is None:
+        seed_tensor = draw_seed(device) if seed is None else _seed_tensor(seed, device)
+    else:
+        seed_tensor = torch.zeros(1, dtype=torch.int64, device=device)
+        eps = eps.reshape(-1, n_latent)
+    z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor)
+    return z.reshape(mu.shape), kl.reshape(batch_shape)
+
+
+def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(seed, torch.Tensor):
+        return seed.reshape(1)
+    return torch.tensor([seed], dtype=torch.int64, device=device)
+
+
+def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None) -> torch.Tensor:
+    """Standard-normal noise for the torch path, from torch's generator or a seeded one."""
+    if seed is None:
+        return torch.randn_like(mu)
+    generator = torch.Generator(device=mu.device)
+    generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
+    return torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)

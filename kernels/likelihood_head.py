@@ -1,0 +1,241 @@
+"""Likelihood head of the ELBO: per-row log p(x | decoder output), one pass over memory.
+
+Per element, with decoder output o (logits l, or Gaussian mean m) and data x:
+    bernoulli:            ll = x*l - softplus(l)
+                          dll/dl = x - sigmoid(l),            dll/dx = l
+    continuous_bernoulli: ll = x*l - softplus(l) + log C(l),  log C(l) = log(l / tanh(l/2))
+                          dll/dl = x - sigmoid(l) + 1/l - 1/sinh(l),   dll/dx = l
+    gaussian:             ll = -0.5 * (log 2pi + lv + (x - m)^2 exp(-lv))
+                          dll/dm = (x - m) exp(-lv),  dll/dlv = 0.5 ((x - m)^2 exp(-lv) - 1),
+                          dll/dx = -(x - m) exp(-lv)
+and ll_row = sum over the row. The backward scales each row's element gradients by the
+upstream grad g_row. The Gaussian lv may be broadcast (row stride 0: one lv per feature, or
+both strides 0: a scalar); its gradient is then summed over the rows of each program into a
+(programs, D) buffer that the launcher reduces.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch_config import row_tiling
+
+BERNOULLI = tl.constexpr(0)
+CONTINUOUS_BERNOULLI = tl.constexpr(1)
+GAUSSIAN = tl.constexpr(2)
+LIKELIHOOD_CODES = {"bernoulli": 0, "continuous_bernoulli": 1, "gaussian": 2}
+
+LOG_2PI = tl.constexpr(math.log(2.0 * math.pi))
+LOG_2 = tl.constexpr(math.log(2.0))
+CB_TAYLOR_CUTOFF = tl.constexpr(0.1)  # same cut-off as fastvae.reference
+
+
+@triton.jit
+def _softplus(l):
+    # max(l, 0) + log(1 + exp(-|l|)): finite for any finite l
+    return tl.maximum(l, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(l)))
+
+
+@triton.jit
+def _sigmoid(l):
+    return 1.0 / (1.0 + tl.exp(-l))
+
+
+@triton.jit
+def _cb_log_norm(l):
+    # log(l / tanh(l/2)), even in l. a = |l| >= cutoff: log a - log(1 - e^-a) + log(1 + e^-a);
+    # below: Taylor in u = l/2, log 2 + u^2/3 - 7u^4/90.
+    a = tl.abs(l)
+    small = a < CB_TAYLOR_CUTOFF
+    safe = tl.where(small, 1.0, a)
+    e = tl.exp(-safe)
+    exact = tl.log(safe) - tl.log(1.0 - e) + tl.log(1.0 + e)
+    u2 = 0.25 * a * a
+    taylor = LOG_2 + u2 / 3.0 - 7.0 * u2 * u2 / 90.0
+    return tl.where(small, taylor, exact)
+
+
+@triton.jit
+def _cb_log_norm_grad(l):
+    # d/dl log C(l) = 1/l - 1/sinh(l), odd in l; 1/sinh(a) = 2e^-a / (1 - e^-2a).
+    # Below the cut-off: l/6 - 7 l^3 / 360.
+    a = tl.abs(l)
+    small = a < CB_TAYLOR_CUTOFF
+    safe = tl.where(small, 1.0, a)
+    e = tl.exp(-safe)
+    exact = 1.0 / safe - 2.0 * e / (1.0 - e * e)
+    exact = tl.where(l < 0, -exact, exact)
+    taylor = l / 6.0 - 7.0 * l * l * l / 360.0
+    return tl.where(small, taylor, exact)
+
+
+@triton.jit
+def log_likelihood_forward_kernel(
+    o_ptr, o_row_stride, o_col_stride,  # (N, D) decoder output: logits, or Gaussian mean
+    lv_ptr, lv_row_stride, lv_col_stride,  # (N, D) Gaussian logvar (strides 0 when broadcast)
+    x_ptr, x_row_stride, x_col_stride,  # (N, D) data
+    ll_ptr,  # (N,) output in the accumulation dtype
+    n_rows, n_cols,
+    LIKELIHOOD: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
+):
+    acc_dtype = ll_ptr.dtype.element_ty
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
+    row_mask = rows < n_rows
+    ll = tl.zeros([BLOCK_ROWS], dtype=acc_dtype)
+    for start in range(0, n_cols, BLOCK_COLS):
+        cols = start + tl.arange(0, BLOCK_COLS).to(tl.int64)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        o = tl.load(o_ptr + rows[:, None] * o_row_stride + cols[None, :] * o_col_stride,
+                    mask=mask, other=0.0).to(acc_dtype)
+        x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :] * x_col_stride,
+                    mask=mask, other=0.0).to(acc_dtype)
+        if LIKELIHOOD == GAUSSIAN:
+            lv = tl.load(lv_ptr + rows[:, None] * lv_row_stride + cols[None, :] * lv_col_stride,
+                         mask=mask, other=0.0).to(acc_dtype)
+            r = x - o
+            term = -0.5 * (LOG_2PI + lv + r * r * tl.exp(-lv))
+        else:
+            term = x * o - _softplus(o)
+            if LIKELIHOOD == CONTINUOUS_BERNOULLI:
+                term += _cb_log_norm(o)
+        ll += tl.sum(tl.where(mask, term, 0.0), axis=1)
+    tl.store(ll_ptr + rows, ll, mask=row_mask)
+
+
+@triton.jit
+def log_likelihood_backward_kernel(
+    o_ptr, o_row_stride, o_col_stride,  # (N, D) decoder output
+    lv_ptr, lv_row_stride, lv_col_stride,  # (N, D) Gaussian logvar (strides 0 when broadcast)
+    x_ptr, x_row_stride, x_col_stride,  # (N, D) data
+    g_ptr, g_stride,  # (N,) upstream grad of ll
+    do_ptr,  # (N, D) contiguous grad of o, written if NEED_GRAD_O
+    dlv_ptr,  # (N, D) contiguous, or (programs, D) float32/64 partials if LV_BROADCAST
+    dx_ptr,  # (N, D) contiguous grad of x, written if NEED_GRAD_X
+    n_rows, n_cols,
+    LIKELIHOOD: tl.constexpr,
+    NEED_GRAD_O: tl.constexpr,
+    NEED_GRAD_LV: tl.constexpr,
+    NEED_GRAD_X: tl.constexpr,
+    LV_BROADCAST: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
+):
+    acc_dtype = tl.float64 if o_ptr.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
+    row_mask = rows < n_rows
+    g = tl.load(g_ptr + rows * g_stride, mask=row_mask, other=0.0).to(acc_dtype)[:, None]
+    for start in range(0, n_cols, BLOCK_COLS):
+        cols = start + tl.arange(0, BLOCK_COLS).to(tl.int64)
+        col_mask = cols < n_cols
+        mask = row_mask[:, None] & col_mask[None, :]
+        flat = rows[:, None] * n_cols + cols[None, :]
+        o = tl.load(o_ptr + rows[:, None] * o_row_stride + cols[None, :] * o_col_stride,
+                    mask=mask, other=0.0).to(acc_dtype)
+        x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :] * x_col_stride,
+                    mask=mask, other=0.0).to(acc_dtype)
+        if LIKELIHOOD == GAUSSIAN:
+            lv = tl.load(lv_ptr + rows[:, None] * lv_row_stride + cols[None, :] * lv_col_stride,
+                         mask=mask, other=0.0).to(acc_dtype)
+            scaled_residual = (x - o) * tl.exp(-lv)
+            grad_o = g * scaled_residual
+            grad_x = -grad_o
+            if NEED_GRAD_LV:
+                grad_lv = tl.where(mask, 0.5 * g * ((x - o) * scaled_residual - 1.0), 0.0)
+                if LV_BROADCAST:
+                    tl.store(dlv_ptr + pid * n_cols + cols, tl.sum(grad_lv, axis=0), mask=col_mask)
+                else:
+                    tl.store(dlv_ptr + flat, grad_lv.to(dlv_ptr.dtype.element_ty), mask=mask)
+        else:
+            dll_do = x - _sigmoid(o)
+            if LIKELIHOOD == CONTINUOUS_BERNOULLI:
+                dll_do += _cb_log_norm_grad(o)
+            grad_o = g * dll_do
+            grad_x = g * o
+        if NEED_GRAD_O:
+            tl.store(do_ptr + flat, grad_o.to(do_ptr.dtype.element_ty), mask=mask)
+        if NEED_GRAD_X:
+            tl.store(dx_ptr + flat, grad_x.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int]:
+    return t.stride(0), t.stride(1)
+
+
+def _logvar_2d(logvar: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """View a (N, D), (D,) or 0-d logvar as (N, D), with stride 0 along broadcast dims."""
+    if logvar is None:
+        return like  # never read: the Bernoulli kernels take no logvar
+    return logvar.expand(like.shape) if logvar.dim() < 2 else logvar
+
+
+def log_likelihood_forward(
+    likelihood: str, out: torch.Tensor, logvar: torch.Tensor | None, x: torch.Tensor
+) -> torch.Tensor:
+    """Per-row log-likelihood of 2-D (N, D) inputs, in float32 (float64 for float64 inputs)."""
+    n_rows, n_cols = x.shape
+    acc = torch.float64 if torch.float64 in (out.dtype, x.dtype) else torch.float32
+    ll = torch.empty((n_rows,), dtype=acc, device=x.device)
+    if n_rows == 0:
+        return ll
+    tiling = row_tiling(n_cols)
+    lv = _logvar_2d(logvar, out)
+    log_likelihood_forward_kernel[tiling.grid(n_rows)](
+        out, *_strides(out), lv, *_strides(lv), x, *_strides(x), ll, n_rows, n_cols,
+        LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
+        BLOCK_ROWS=tiling.block_rows, BLOCK_COLS=tiling.block_cols, num_warps=tiling.num_warps,
+    )
+    return ll
+
+
+def log_likelihood_backward(
+    likelihood: str,
+    out: torch.Tensor,
+    logvar: torch.Tensor | None,
+    x: torch.Tensor,
+    grad_ll: torch.Tensor,
+    needs_grad: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients w.r.t. (out, logvar, x) given the upstream grad of the per-row ll.
+
+    ``needs_grad`` says which of the three to compute; the others come back as None. A
+    broadcast logvar gets a gradient of its own shape ((D,) or 0-d).
+    """
+    need_o, need_lv, need_x = needs_grad
+    need_lv = need_lv and logvar is not None
+    n_rows, n_cols = x.shape
+    tiling = row_tiling(n_cols)
+    n_programs = tiling.grid(n_rows)[0]
+    lv = _logvar_2d(logvar, out)
+    lv_broadcast = logvar is not None and logvar.dim() < 2
+    d_out = torch.empty_like(out, memory_format=torch.contiguous_format) if need_o else None
+    d_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
+    d_lv = None
+    if need_lv:
+        if lv_broadcast:
+            acc = torch.float64 if out.dtype == torch.float64 else torch.float32
+            d_lv = torch.zeros((n_programs, n_cols), dtype=acc, device=x.device)
+        else:
+            d_lv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
+    if n_rows > 0 and (need_o or need_lv or need_x):
+        placeholder = d_out if d_out is not None else (d_x if d_x is not None else lv)
+        log_likelihood_backward_kernel[(n_programs,)](
+            out, *_strides(out), lv, *_strides(lv), x, *_strides(x), grad_ll, grad_ll.stride(0),
+            d_out if d_out is not None else placeholder,
+            d_lv if d_lv is not None else placeholder,
+            d_x if d_x is not None else placeholder,
+            n_rows, n_cols,
+            LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
+            NEED_GRAD_O=need_o, NEED_GRAD_LV=need_lv, NEED_GRAD_X=need_x, LV_BROADCAST=lv_broadcast,
+            BLOCK_ROWS=tiling.block_rows, BLOCK_COLS=tiling.block_cols, num_warps=tiling.num_warps,
+        )
+    if need_lv and lv_broadcast:
+        d_lv = (d_lv.sum(0) if logvar.dim() == 1 else d_lv.sum()).to(logvar.dtype)
+    return d_out, d_lv, d_x
