@@ -1,0 +1,35 @@
+"""Test-session set-up.
+
+Triton decides between compiled and interpreted kernels when the kernels are first
+imported, so the interpreter is switched on here, before anything imports them, unless
+the caller chose: on a GPU machine run ``TRITON_INTERPRET=0 pytest`` so the CUDA tests
+run the compiled kernels (the interpreter tests then skip).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+INTERPRETER = os.environ["TRITON_INTERPRET"] == "1"
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Set FASTVAE_BACKEND for one test: ``backend("triton")``."""
+
+    def select(name: str) -> None:
+        monkeypatch.setenv("FASTVAE_BACKEND", name)
+
+    return select
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "interpreter" in item.keywords and not INTERPRETER:
+            item.add_marker(pytest.mark.skip(reason="needs TRITON_INTERPRET=1 (run the GPU tests with TRITON_INTERPRET=0)"))
