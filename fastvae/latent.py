@@ -73,12 +73,12 @@ def _backward(ctx, grad_z, grad_kl):
 _latent_head.register_autograd(_backward, setup_context=_setup_context)
 
 
-def draw_seed(device: torch.device) -> torch.Tensor:
+def draw_seed(device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """A fresh Philox seed drawn from torch's generator for ``device``, kept on that device.
 
     No host-device synchronisation, and on CUDA safe inside graph capture.
     """
-    return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)
+    return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64, generator=generator)
 
 
 def reparameterize(
@@ -86,6 +86,8 @@ def reparameterize(
     logvar: torch.Tensor,
     seed: int | torch.Tensor | None = None,
     eps: torch.Tensor | None = None,
+    *,
+    first_row: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``z = mu + exp(logvar/2) * eps`` and the analytic ``KL(q(z|x) || N(0, I))`` per row.
 
@@ -95,6 +97,9 @@ def reparameterize(
             ``torch.manual_seed`` makes runs reproducible). An int or a 1-element int64
             tensor. The same seed gives the same z on a given backend.
         eps: explicit standard-normal noise shaped like ``mu``; then nothing is drawn.
+        first_row: the rows draw the noise of rows ``first_row, first_row + 1, ...`` of the
+            seed's stream (rows counted over the flattened leading dims). Data-parallel ranks
+            pass their shard's start, so a global batch gets the same noise as in one process.
 
     Returns:
         ``z`` shaped and typed like ``mu``, and ``kl`` of shape ``mu.shape[:-1]`` in float32
@@ -124,18 +129,21 @@ def reparameterize(
         tensors["seed"] = seed
     elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int, a 1-element int64 tensor or None, got {type(seed).__name__}")
+    if isinstance(first_row, bool) or not isinstance(first_row, int) or first_row < 0:
+        raise ValueError(f"first_row must be a non-negative int, got {first_row!r}")
     device = require_same_device(**tensors)
 
     if not use_triton(device):
         if eps is None:
-            eps = _torch_noise(mu, seed)
+            eps = _torch_noise(mu, seed, first_row)
         return reference.reparameterize_ref(mu, logvar, eps)
 
     batch_shape, n_latent = mu.shape[:-1], mu.shape[-1]
     if eps is None:
         seed_tensor = draw_seed(device) if seed is None else _seed_tensor(seed, device)
+        seed_tensor = torch.cat([seed_tensor, seed_tensor.new_full((1,), first_row * n_latent)])
     else:
-        seed_tensor = torch.zeros(1, dtype=torch.int64, device=device)
+        seed_tensor = torch.zeros(2, dtype=torch.int64, device=device)
         eps = eps.reshape(-1, n_latent)
     z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor)
     return z.reshape(mu.shape), kl.reshape(batch_shape)
@@ -147,10 +155,19 @@ def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor
     return torch.tensor([seed], dtype=torch.int64, device=device)
 
 
-def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None) -> torch.Tensor:
-    """Standard-normal noise for the torch path, from torch's generator or a seeded one."""
-    if seed is None:
+def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: int) -> torch.Tensor:
+    """Standard-normal noise for the torch path, from torch's generator or a seeded one.
+
+    With ``first_row`` the stream's first rows are drawn and dropped, so that rows line up
+    with the same rows of a larger batch drawn with the same seed.
+    """
+    if seed is None and first_row == 0:
         return torch.randn_like(mu)
-    generator = torch.Generator(device=mu.device)
-    generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
-    return torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=mu.device)
+        generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
+    n_latent = mu.shape[-1]
+    rows = mu.numel() // n_latent
+    noise = torch.randn((first_row + rows, n_latent), dtype=mu.dtype, device=mu.device, generator=generator)
+    return noise[first_row:].reshape(mu.shape)

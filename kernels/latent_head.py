@@ -1,13 +1,14 @@
 """Latent head of the ELBO: reparameterised sample and analytic KL, one pass over memory.
 
 Forward, per row r of (N, Z) inputs:
-    eps = randn(seed, r * Z + c)            (Philox, never stored; or read from a given eps)
+    eps = randn(seed, first + r * Z + c)    (Philox, never stored; or read from a given eps)
     z   = mu + exp(lv / 2) * eps
     kl  = 0.5 * sum_c (mu^2 + exp(lv) - 1 - lv)
 Backward, with upstream gz (N, Z) and gkl (N,):
     dmu = gz + gkl * mu
     dlv = 0.5 * gz * exp(lv / 2) * eps + 0.5 * gkl * (exp(lv) - 1)
-eps is regenerated from (seed, offset) rather than re-read: the backward then reads three
+(seed, first) come from a device tensor (graph-capture safe; ``first`` lets DDP ranks draw
+their shard of one global stream). eps is regenerated from (seed, offset) rather than re-read: the backward then reads three
 (N, Z) tensors (gz, mu, lv) instead of four (z or eps as well).
 """
 
@@ -25,7 +26,7 @@ def latent_head_forward_kernel(
     mu_ptr, mu_row_stride, mu_col_stride,  # (N, Z) encoder mean
     lv_ptr, lv_row_stride, lv_col_stride,  # (N, Z) encoder log-variance
     eps_ptr, eps_row_stride, eps_col_stride,  # (N, Z) explicit noise, read only if HAS_EPS
-    seed_ptr,  # (1,) int64 Philox seed, read only if not HAS_EPS
+    seed_ptr,  # (2,) int64: Philox seed, first element offset; read only if not HAS_EPS
     z_ptr,  # (N, Z) contiguous output, mu's dtype
     kl_ptr,  # (N,) output in the accumulation dtype (float32, or float64)
     n_rows, n_cols,
@@ -39,6 +40,7 @@ def latent_head_forward_kernel(
     row_mask = rows < n_rows
     if not HAS_EPS:
         seed = tl.load(seed_ptr)
+        first = tl.load(seed_ptr + 1)
     kl = tl.zeros([BLOCK_ROWS], dtype=acc_dtype)
     for start in range(0, n_cols, BLOCK_COLS):
         cols = start + tl.arange(0, BLOCK_COLS).to(tl.int64)
@@ -52,7 +54,7 @@ def latent_head_forward_kernel(
             eps = tl.load(eps_ptr + rows[:, None] * eps_row_stride + cols[None, :] * eps_col_stride,
                           mask=mask, other=0.0).to(acc_dtype)
         else:
-            eps = tl.randn(seed, flat).to(acc_dtype)
+            eps = tl.randn(seed, first + flat).to(acc_dtype)
         std = tl.exp(0.5 * lv)
         tl.store(z_ptr + flat, (mu + std * eps).to(z_ptr.dtype.element_ty), mask=mask)
         kl += tl.sum(tl.where(mask, mu * mu + std * std - 1.0 - lv, 0.0), axis=1)
@@ -64,7 +66,7 @@ def latent_head_backward_kernel(
     mu_ptr, mu_row_stride, mu_col_stride,  # (N, Z)
     lv_ptr, lv_row_stride, lv_col_stride,  # (N, Z)
     eps_ptr, eps_row_stride, eps_col_stride,  # (N, Z), read only if HAS_EPS
-    seed_ptr,  # (1,) int64, the forward's seed
+    seed_ptr,  # (2,) int64, the forward's seed and offset
     gz_ptr, gz_row_stride, gz_col_stride,  # (N, Z) upstream grad of z, read only if HAS_GRAD_Z
     gkl_ptr, gkl_stride,  # (N,) upstream grad of kl, read only if HAS_GRAD_KL
     dmu_ptr, dlv_ptr,  # (N, Z) contiguous outputs, in mu's / logvar's dtype
@@ -83,6 +85,7 @@ def latent_head_backward_kernel(
         gkl = tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0).to(acc_dtype)[:, None]
     if not HAS_EPS:
         seed = tl.load(seed_ptr)
+        first = tl.load(seed_ptr + 1)
     for start in range(0, n_cols, BLOCK_COLS):
         cols = start + tl.arange(0, BLOCK_COLS).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
@@ -100,7 +103,7 @@ def latent_head_backward_kernel(
                 eps = tl.load(eps_ptr + rows[:, None] * eps_row_stride + cols[None, :] * eps_col_stride,
                               mask=mask, other=0.0).to(acc_dtype)
             else:
-                eps = tl.randn(seed, flat).to(acc_dtype)
+                eps = tl.randn(seed, first + flat).to(acc_dtype)
             dmu += gz
             dlv += 0.5 * gz * tl.exp(0.5 * lv) * eps
         if HAS_GRAD_KL:
