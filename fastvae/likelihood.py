@@ -36,7 +36,8 @@ def _log_likelihood(
 
 @_log_likelihood.register_fake
 def _log_likelihood_fake(likelihood, out, logvar, x):
-    return out.new_empty(x.shape[:1], dtype=reference.accumulation_dtype(out, x))
+    acc = reference.accumulation_dtype(out, x, *([] if logvar is None else [logvar]))
+    return out.new_empty(x.shape[:1], dtype=acc)
 
 
 @torch.library.custom_op("fastvae::log_likelihood_backward", mutates_args=())

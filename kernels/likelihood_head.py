@@ -31,7 +31,11 @@ LIKELIHOOD_CODES = {"bernoulli": 0, "continuous_bernoulli": 1, "gaussian": 2}
 
 LOG_2PI = tl.constexpr(math.log(2.0 * math.pi))
 LOG_2 = tl.constexpr(math.log(2.0))
-CB_TAYLOR_CUTOFF = tl.constexpr(0.1)  # same cut-off as fastvae.reference
+# Below these |logit|s log C and its gradient use their Taylor series (same cut-offs as
+# fastvae.reference): float64 below 0.1, float32 below 0.5, where the closed forms would lose
+# digits to cancellation (1 - e^-a, 1/a - 1/sinh a); the omitted terms are < 3e-16 / 3e-9.
+CB_TAYLOR_CUTOFF_F64 = 0.1
+CB_TAYLOR_CUTOFF_F32 = 0.5
 
 
 @triton.jit
@@ -46,30 +50,31 @@ def _sigmoid(l):
 
 
 @triton.jit
-def _cb_log_norm(l):
+def _cb_log_norm(l, cutoff):
     # log(l / tanh(l/2)), even in l. a = |l| >= cutoff: log a - log(1 - e^-a) + log(1 + e^-a);
-    # below: Taylor in u = l/2, log 2 + u^2/3 - 7u^4/90.
+    # below: Taylor in s = (l/2)^2, log 2 + s/3 - 7s^2/90 + 62s^3/2835 - 127s^4/18900.
     a = tl.abs(l)
-    small = a < CB_TAYLOR_CUTOFF
+    small = a < cutoff
     safe = tl.where(small, 1.0, a)
     e = tl.exp(-safe)
     exact = tl.log(safe) - tl.log(1.0 - e) + tl.log(1.0 + e)
-    u2 = 0.25 * a * a
-    taylor = LOG_2 + u2 / 3.0 - 7.0 * u2 * u2 / 90.0
+    s = 0.25 * a * a
+    taylor = LOG_2 + s * (1.0 / 3.0 + s * (-7.0 / 90.0 + s * (62.0 / 2835.0 + s * (-127.0 / 18900.0))))
     return tl.where(small, taylor, exact)
 
 
 @triton.jit
-def _cb_log_norm_grad(l):
+def _cb_log_norm_grad(l, cutoff):
     # d/dl log C(l) = 1/l - 1/sinh(l), odd in l; 1/sinh(a) = 2e^-a / (1 - e^-2a).
-    # Below the cut-off: l/6 - 7 l^3 / 360.
+    # Below the cut-off (t = l^2): l (1/6 - 7t/360 + 31t^2/15120 - 127t^3/604800 + 73t^4/3421440).
     a = tl.abs(l)
-    small = a < CB_TAYLOR_CUTOFF
+    small = a < cutoff
     safe = tl.where(small, 1.0, a)
     e = tl.exp(-safe)
     exact = 1.0 / safe - 2.0 * e / (1.0 - e * e)
     exact = tl.where(l < 0, -exact, exact)
-    taylor = l / 6.0 - 7.0 * l * l * l / 360.0
+    t = l * l
+    taylor = l * (1.0 / 6.0 + t * (-7.0 / 360.0 + t * (31.0 / 15120.0 + t * (-127.0 / 604800.0 + t * (73.0 / 3421440.0)))))
     return tl.where(small, taylor, exact)
 
 
@@ -81,6 +86,7 @@ def log_likelihood_forward_kernel(
     ll_ptr,  # (N,) output in the accumulation dtype
     n_rows, n_cols,
     LIKELIHOOD: tl.constexpr,
+    CB_CUTOFF: tl.constexpr,  # |logit| below which log C uses its series (by accumulation dtype)
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
 ):
@@ -104,7 +110,7 @@ def log_likelihood_forward_kernel(
         else:
             term = x * o - _softplus(o)
             if LIKELIHOOD == CONTINUOUS_BERNOULLI:
-                term += _cb_log_norm(o)
+                term += _cb_log_norm(o, CB_CUTOFF)
         ll += tl.sum(tl.where(mask, term, 0.0), axis=1)
     tl.store(ll_ptr + rows, ll, mask=row_mask)
 
@@ -120,6 +126,8 @@ def log_likelihood_backward_kernel(
     dx_ptr,  # (N, D) contiguous grad of x, written if NEED_GRAD_X
     n_rows, n_cols,
     LIKELIHOOD: tl.constexpr,
+    ACC_F64: tl.constexpr,  # accumulate in float64 (any float64 input) rather than float32
+    CB_CUTOFF: tl.constexpr,
     NEED_GRAD_O: tl.constexpr,
     NEED_GRAD_LV: tl.constexpr,
     NEED_GRAD_X: tl.constexpr,
@@ -127,7 +135,7 @@ def log_likelihood_backward_kernel(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
 ):
-    acc_dtype = tl.float64 if o_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
     row_mask = rows < n_rows
@@ -156,7 +164,7 @@ def log_likelihood_backward_kernel(
         else:
             dll_do = x - _sigmoid(o)
             if LIKELIHOOD == CONTINUOUS_BERNOULLI:
-                dll_do += _cb_log_norm_grad(o)
+                dll_do += _cb_log_norm_grad(o, CB_CUTOFF)
             grad_o = g * dll_do
             grad_x = g * o
         if NEED_GRAD_O:
@@ -167,6 +175,15 @@ def log_likelihood_backward_kernel(
 
 def _strides(t: torch.Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
+
+
+def _accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (as fastvae.reference.accumulation_dtype)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _cb_cutoff(acc: torch.dtype) -> float:
+    return CB_TAYLOR_CUTOFF_F64 if acc == torch.float64 else CB_TAYLOR_CUTOFF_F32
 
 
 def _logvar_2d(logvar: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -181,7 +198,7 @@ def log_likelihood_forward(
 ) -> torch.Tensor:
     """Per-row log-likelihood of 2-D (N, D) inputs, in float32 (float64 for float64 inputs)."""
     n_rows, n_cols = x.shape
-    acc = torch.float64 if torch.float64 in (out.dtype, x.dtype) else torch.float32
+    acc = _accumulation_dtype(out, logvar, x)
     ll = torch.empty((n_rows,), dtype=acc, device=x.device)
     if n_rows == 0:
         return ll
@@ -189,7 +206,7 @@ def log_likelihood_forward(
     lv = _logvar_2d(logvar, out)
     log_likelihood_forward_kernel[tiling.grid(n_rows)](
         out, *_strides(out), lv, *_strides(lv), x, *_strides(x), ll, n_rows, n_cols,
-        LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
+        LIKELIHOOD=LIKELIHOOD_CODES[likelihood], CB_CUTOFF=_cb_cutoff(acc),
         BLOCK_ROWS=tiling.block_rows, BLOCK_COLS=tiling.block_cols, num_warps=tiling.num_warps,
     )
     return ll
@@ -217,10 +234,10 @@ def log_likelihood_backward(
     lv_broadcast = logvar is not None and logvar.dim() < 2
     d_out = torch.empty_like(out, memory_format=torch.contiguous_format) if need_o else None
     d_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
+    acc = _accumulation_dtype(out, logvar, x)
     d_lv = None
     if need_lv:
         if lv_broadcast:
-            acc = torch.float64 if out.dtype == torch.float64 else torch.float32
             d_lv = torch.zeros((n_programs, n_cols), dtype=acc, device=x.device)
         else:
             d_lv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
@@ -232,7 +249,7 @@ def log_likelihood_backward(
             d_lv if d_lv is not None else placeholder,
             d_x if d_x is not None else placeholder,
             n_rows, n_cols,
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
+            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], ACC_F64=acc == torch.float64, CB_CUTOFF=_cb_cutoff(acc),
             NEED_GRAD_O=need_o, NEED_GRAD_LV=need_lv, NEED_GRAD_X=need_x, LV_BROADCAST=lv_broadcast,
             BLOCK_ROWS=tiling.block_rows, BLOCK_COLS=tiling.block_cols, num_warps=tiling.num_warps,
         )
