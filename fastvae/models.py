@@ -130,6 +130,7 @@ class VAE(nn.Module):
         self.cfg = cfg
         self.encoder = GaussianEncoder(cfg)
         self.decoder = Decoder(cfg)
+        self.criterion = ELBOLoss(cfg.likelihood, "mean")
         if cfg.init == "paper":
             self.reset_parameters_paper()
 
@@ -155,7 +156,8 @@ class VAE(nn.Module):
 
     def loss(self, out: VAEOutput, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Mean negative ELBO per example (and per sample when L > 1)."""
-        return ELBOLoss(self.cfg.likelihood, "mean", beta)(out.decoder_out, x, out.kl)
+        self.criterion.beta = beta
+        return self.criterion(out.decoder_out, x, out.kl)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""Figures of a trained run: ELBO curves, reconstructions, samples, and the 2-D latent manifold.
+
+>>> plot_run("runs/digits")     # writes runs/digits/{elbo,reconstructions,samples[,manifold]}.png
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .checkpoint import atomic_write  # noqa: E402
+from .metrics_log import read_metrics  # noqa: E402
+from .runs import load_run  # noqa: E402
+
+DPI = 100
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def image_grid(images: np.ndarray, shape: tuple[int, ...], columns: int) -> np.ndarray:
+    """(n, D) rows as one tiled grey image; rows reshaped to ``shape`` (H, W) or shown as 1 x D strips."""
+    h, w = (shape if len(shape) == 2 else (1, images.shape[1]))
+    rows = math.ceil(len(images) / columns)
+    grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = image.reshape(h, w)
+    return grid
+
+
+def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
+    rows = read_metrics(metrics_csv)
+    samples = [float(r["samples_seen"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(samples, [float(r["train_elbo"]) for r in rows], label="train (running)")
+    test = [(float(r["samples_seen"]), float(r["test_elbo"])) for r in rows if r["test_elbo"]]
+    if test:
+        ax.plot(*zip(*test), "o-", label="test")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples evaluated")
+    ax.set_ylabel("ELBO (nats per example)")
+    ax.set_title("AEVB lower bound")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, out)
+
+
+def _show_grid(grid: np.ndarray, title: str, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    return save_figure(fig, out)
+
+
+def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10) -> list[Path]:
+    """Write the run's figures into ``run_dir``; returns their paths."""
+    from scipy.stats import norm
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, device)
+    shape = tuple(run.dataset.example_shape)
+    written = []
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        written.append(plot_elbo_curves(metrics, run_dir / "elbo.png"))
+
+    x = run.test_tensor(limit=n * n // 2)
+    recon = run.model.reconstruct(x).float().clamp(0, 1).cpu().numpy()
+    pairs = np.stack([x.cpu().numpy(), recon], axis=1).reshape(-1, x.shape[1])  # data, reconstruction, ...
+    written.append(_show_grid(image_grid(pairs, shape, n + n % 2),
+                              "data | reconstruction (decoded mean at z = mu)", run_dir / "reconstructions.png"))
+
+    generator = torch.Generator(device=run.device).manual_seed(run.config.seed)
+    samples = run.model.sample(n * n, generator=generator).float().clamp(0, 1).cpu().numpy()
+    written.append(_show_grid(image_grid(samples, shape, n), "samples: decoded means, z ~ N(0, I)", run_dir / "samples.png"))
+
+    if run.model.cfg.latent_dim == 2:
+        # The paper's Fig. 4: decoded means over a grid of the prior's quantiles.
+        quantiles = norm.ppf(np.linspace(0.05, 0.95, n))
+        z = torch.tensor([[a, b] for b in quantiles[::-1] for a in quantiles], dtype=torch.float32, device=run.device)
+        with torch.no_grad():
+            means = run.model.decoder.mean(z).float().clamp(0, 1).cpu().numpy()
+        written.append(_show_grid(image_grid(means, shape, n), "learned 2-D manifold (prior quantiles)",
+                                  run_dir / "manifold.png"))
+    return written

@@ -1,0 +1,283 @@
+"""The AEVB minibatch trainer (Kingma & Welling, Algorithm 1) on top of fastvae's fused loss.
+
+>>> from fastvae.trainer import TrainConfig, train
+>>> result = train(TrainConfig(data="digits", epochs=50, out="runs/digits"))
+>>> result.test_elbo, result.samples_per_s
+
+Per step: a minibatch of M examples (a device-side slice of the resident data, or a
+prefetched batch streamed from a memory map), z = mu + sigma * eps with in-kernel noise,
+the negative ELBO through ``fastvae.ELBOLoss``, one optimizer step. ``.item()`` runs only
+when logging. Runs launched by ``torchrun`` train data-parallel (DDP); every rank draws its
+rows of one global noise stream, so N ranks with batch M compute what one process with
+batch N*M computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, save_checkpoint
+from .data.batches import make_batches
+from .data.datasets import Dataset, load_dataset
+from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
+from .evaluation import dataset_elbo
+from .latent import draw_seed
+from .metrics_log import MetricsLog
+from .models import VAE, ModelConfig
+from .runs import held_out_tensor
+from .train_config import TrainConfig
+
+NOISE_SEED_OFFSET = 0x5EED
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    samples_seen: int
+    train_elbo: float
+    test_elbo: float | None
+    samples_per_s: float
+    wall_time_s: float
+
+
+def model_config_for(cfg: TrainConfig, data_dim: int) -> ModelConfig:
+    return ModelConfig(
+        data_dim=data_dim, latent_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim, depth=cfg.depth,
+        activation=cfg.activation, likelihood=cfg.likelihood, decoder_variance=cfg.decoder_variance,
+        squash_mean=cfg.squash_mean, init=cfg.init,
+    )
+
+
+def make_optimizer(cfg: TrainConfig, params, n_train: int) -> torch.optim.Optimizer:
+    """Adagrad (the paper's) or Adam; weight decay defaults to the N(0, I) prior on the weights.
+
+    The paper maximises (N/M) sum_minibatch ELBO + log p(theta); divided by N, the per-example
+    mean loss gets + ||theta||^2 / (2N), i.e. weight decay 1/N.
+    """
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else 1.0 / n_train
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.learning_rate, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=weight_decay)
+
+
+def total_steps(cfg: TrainConfig, n_train: int, global_batch: int) -> int:
+    if cfg.samples is not None:
+        return max(1, math.ceil(cfg.samples / global_batch))
+    epochs = cfg.epochs if cfg.epochs is not None else 100.0
+    return max(1, math.ceil(epochs * (n_train // global_batch or 1)))
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, group: ProcessGroupInfo, dataset: Dataset):
+        self.cfg, self.group, self.dataset = cfg, group, dataset
+        self.device = group.device
+        self.out_dir = Path(cfg.out)
+        self.n_train, data_dim = dataset.train.shape[0], int(math.prod(dataset.train.shape[1:]))
+        self.global_batch = cfg.batch_size * group.world_size
+        if self.n_train < self.global_batch:
+            raise ValueError(
+                f"the training set has {self.n_train} examples, fewer than one global batch "
+                f"({cfg.batch_size} x {group.world_size} processes)"
+            )
+        self.steps = total_steps(cfg, self.n_train, self.global_batch)
+
+        torch.manual_seed(cfg.seed)
+        self.model = VAE(model_config_for(cfg, data_dim)).to(self.device)
+        self.optimizer = make_optimizer(cfg, self.model.parameters(), self.n_train)
+        self.batches = make_batches(
+            dataset.train, self.device, cfg.batch_size, seed=cfg.seed, rank=group.rank,
+            world_size=group.world_size, binarize=cfg.binarization,
+            memory_budget_bytes=None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20),
+        )
+        # One noise stream shared by all ranks; each rank takes its rows (first_row).
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(cfg.seed + NOISE_SEED_OFFSET)
+        self.step = 0
+        self.wall_before = 0.0  # wall time of earlier (resumed-from) segments
+        if cfg.resume:
+            self._restore()
+
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if group.distributed else self.model
+        )
+        self.beta = torch.tensor(cfg.beta, dtype=torch.float32)
+        self.step_fn = self._train_step
+        if cfg.compile != "none":
+            self.step_fn = torch.compile(self._train_step, mode=None if cfg.compile == "default" else cfg.compile)
+        self.test_data = None
+        if dataset.test is not None:
+            self.test_data = held_out_tensor(dataset.test, data_dim, cfg, self.device, cfg.eval_examples)
+
+    # -- state -----------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.cfg.to_dict(),
+            "model_config": self.model.cfg.to_dict(),
+            "step": self.step,
+            "samples_seen": self.step * self.global_batch,
+            "world_size": self.group.world_size,
+            "data": self.batches.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_noise": self.noise.get_state(),
+            "wall_time_s": self.wall_before + (time.perf_counter() - self.t0 if hasattr(self, "t0") else 0.0),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore(self) -> None:
+        path = self.out_dir / CHECKPOINT_NAME
+        state = load_checkpoint(path)
+        saved = TrainConfig.from_dict(state["config"])
+        for name in ("data", "likelihood", "latent_dim", "hidden_dim", "depth", "activation", "batch_size",
+                     "optimizer", "seed", "decoder_variance", "binarize"):
+            if getattr(saved, name) != getattr(self.cfg, name):
+                raise ValueError(
+                    f"--resume: {name}={getattr(self.cfg, name)!r} differs from the checkpoint's "
+                    f"{getattr(saved, name)!r} in {path}"
+                )
+        if state["world_size"] != self.group.world_size:
+            raise ValueError(f"--resume: checkpoint was written by {state['world_size']} processes, "
+                             f"this run has {self.group.world_size}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng_torch"])
+        self.noise.set_state(state["rng_noise"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.step = int(state["step"])
+        self.wall_before = float(state["wall_time_s"])
+
+    def save(self) -> None:
+        if self.group.is_main:
+            save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.checkpoint_state())
+        barrier(self.group)
+
+    # -- the hot path ------------------------------------------------------------------
+    def _train_step(self, x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
+        with autocast:
+            out = self.ddp(x, seed=seed, first_row=self.group.rank * self.cfg.batch_size)
+            loss = self.model.loss(out, x, self.beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _kl_weight(self) -> float:
+        if self.cfg.kl_warmup == 0:
+            return self.cfg.beta
+        return self.cfg.beta * min(1.0, (self.step + 1) / self.cfg.kl_warmup)
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        cfg = self.cfg
+        metrics = MetricsLog(self.out_dir / "metrics.csv")
+        if self.group.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out_dir / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2)), "w")
+            metrics.start(self.step if cfg.resume else None)
+        last_good = self.step if cfg.resume else None
+        self.t0 = time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)
+        train_elbo, test_elbo, rate = float("nan"), None, 0.0
+        end = self.steps if stop_after is None else min(self.steps, stop_after)
+        bar = tqdm(total=self.steps, initial=self.step, unit="step", disable=None if self.group.is_main else True,
+                   desc=f"fastvae {self.dataset.name}")
+        batches = iter(self.batches)
+        try:
+            while self.step < end:
+                x = next(batches)
+                self.beta.fill_(self._kl_weight())
+                loss = self.step_fn(x, draw_seed(self.device, self.noise))
+                self.step += 1
+                window_steps += 1
+                loss_sum += loss
+                first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, self.step)
+                bar.update(1)
+                evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
+                checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == end
+                if not (self.step % cfg.log_every == 0 or evaluate or checkpoint):
+                    continue
+                if self.group.distributed:  # every rank stops together, on the global mean
+                    dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+                    dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+                    loss_sum /= self.group.world_size
+                bad_step = int(first_bad.item())  # the one host sync of a logging step
+                if bad_step >= 0:
+                    where = f"the last good checkpoint (step {last_good}) is intact in {self.out_dir}" \
+                        if last_good is not None else "no checkpoint was written yet"
+                    raise NonFiniteLossError(f"non-finite loss at step {bad_step}; stopping: {where}")
+                now = time.perf_counter()
+                rate = window_steps * self.global_batch / max(now - window_start, 1e-9)
+                train_elbo = -loss_sum.item() / window_steps
+                test_elbo = None
+                if evaluate and self.test_data is not None and self.group.is_main:
+                    test_elbo = dataset_elbo(self.model, self.test_data)
+                if self.group.is_main:
+                    metrics.append(step=self.step, samples_seen=self.step * self.global_batch, train_elbo=train_elbo,
+                                   test_elbo=test_elbo, samples_per_s=rate,
+                                   wall_time_s=self.wall_before + now - self.t0)
+                bar.set_postfix(elbo=f"{train_elbo:.2f}", samples_s=f"{rate:,.0f}",
+                                **({"test_elbo": f"{test_elbo:.2f}"} if test_elbo is not None else {}))
+                if checkpoint:
+                    self.save()
+                    last_good = self.step
+                loss_sum.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+        finally:
+            bar.close()
+            close = getattr(self.batches, "close", None)
+            if close is not None:
+                close()
+        if self.group.is_main and self.step == self.steps:
+            self.export_weights()
+        if self.test_data is not None and test_elbo is None and self.group.is_main:
+            test_elbo = dataset_elbo(self.model, self.test_data)
+        return TrainResult(self.out_dir, self.step, self.step * self.global_batch, train_elbo, test_elbo, rate,
+                           self.wall_before + time.perf_counter() - self.t0)
+
+    def export_weights(self) -> None:
+        """The trained weights as safetensors (readable without fastvae) beside the checkpoint."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        metadata = {"model_config": json.dumps(self.model.cfg.to_dict())}
+        atomic_write(self.out_dir / "model.safetensors", lambda f: f.write(safetensors_bytes(tensors, metadata)))
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
+    """Train a VAE as ``cfg`` says; returns the final metrics.
+
+    ``stop_after`` ends the run after that many steps (counted from the start of training,
+    not of this call) as if it had been interrupted there: a later ``resume=True`` run
+    continues it exactly.
+    """
+    group = setup_process_group(cfg.device)
+    try:
+        dataset = load_dataset(cfg.data, test_path=cfg.test_data)
+        trainer = _Trainer(cfg, group, dataset)
+        return trainer.run(stop_after)
+    finally:
+        teardown_process_group()
