@@ -1,0 +1,1 @@
+"""fastvae benchmarks (not shipped): ``python -m bench``; see bench/README.md."""
