@@ -371,9 +371,15 @@ def format_value(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def _cell(row: dict, column: str) -> str:
+    if column == "flag":
+        return str(row.get(column) or "")
+    return format_value(row.get(column))
+
+
 def text_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A fixed-width text table for the terminal."""
-    cells = [[format_value(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
     out = [line, "  ".join("-" * w for w in widths)]
@@ -384,7 +390,7 @@ def text_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        out.append("| " + " | ".join(format_value(r.get(c)).replace("|", "/") for c in columns) + " |")
+        out.append("| " + " | ".join(_cell(r, c).replace("|", "/") for c in columns) + " |")
     return "\n".join(out)
 
 

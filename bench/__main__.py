@@ -1,0 +1,103 @@
+"""``python -m bench``: run the benchmarks, print tables, write CSV + markdown under bench/results/.
+
+    python -m bench                      # everything, on CUDA when available
+    python -m bench --device cpu --threads 1
+    python -m bench --quick --only loss  # a small subset, short timings
+    python -m bench --device cuda --only loss --likelihood bernoulli --dtype fp32   # one slice of the grid
+
+Full runs write ``bench/results/<device>.md`` and ``<device>-loss.csv`` / ``<device>-train.csv``;
+``--quick`` and ``--tiny`` runs write under ``bench/results/scratch/`` unless ``--out`` is given.
+A run that measures only part of the grid replaces only those rows of an existing CSV
+(``--fresh`` starts the files over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run (auto: cuda when available)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="a small subset of cases with short timings")
+    speed.add_argument("--tiny", action="store_true",
+                       help="seconds: tiny shapes, compile with the 'eager' backend; checks the benchmark code runs")
+    p.add_argument("--only", choices=("loss", "train"), help="run one benchmark only")
+    p.add_argument("--likelihood", action="append", choices=("bernoulli", "gaussian"),
+                   help="loss head: only these likelihoods (repeatable)")
+    p.add_argument("--dtype", action="append", choices=("fp32", "bf16"), help="loss head: only these dtypes (repeatable)")
+    p.add_argument("--models", default="paper,examples", help="training: comma-separated models (paper, examples)")
+    p.add_argument("--data", default="synthetic", choices=("synthetic", "fashion-mnist"),
+                   help="training data: synthetic binary images (default) or Fashion-MNIST thresholded at 0.5")
+    p.add_argument("--cpu-train-compile", action="store_true",
+                   help="on the CPU, also train with the trainer under torch.compile")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs; default: torch's choice)")
+    p.add_argument("--out", type=Path, help="output folder (default: bench/results, or bench/results/scratch for --quick/--tiny)")
+    p.add_argument("--fresh", action="store_true", help="replace the device's result files instead of merging into them")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from . import common
+
+    kind = common.resolve_device(args.device)
+    if kind == "cpu":
+        # lets the loss benchmark run fastvae's Triton kernels once under the interpreter
+        # (a labelled, tiny case); must be set before the kernels are first imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        print("TRITON_INTERPRET=1 would run the CUDA kernels in the interpreter; unset it for GPU runs", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from . import loss_head, report, training
+
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    info = common.device_info(kind)
+    out_dir = args.out or (common.RESULTS_DIR if mode == "full" else common.RESULTS_DIR / "scratch")
+    print(f"fastvae bench: {info.name} | torch {info.torch} | triton {info.triton} | {info.date} | "
+          f"mode {mode} | threads {info.threads}")
+    started = time.perf_counter()
+    loss_rows = train_rows = None
+    if args.only in (None, "train"):
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = set(models) - set(training.MODELS)
+        if unknown:
+            print(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(training.MODELS)}", file=sys.stderr)
+            return 2
+        settings = training.Settings(mode, data=args.data, cpu_compile=args.cpu_train_compile)
+        train_rows = training.run(info, settings, models)
+        report.save(out_dir, info, None, train_rows, fresh=args.fresh)
+        print()
+        print(common.text_table(train_rows, training.SUMMARY_COLUMNS))
+        print()
+    if args.only in (None, "loss"):
+        settings = loss_head.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor")
+        cases = loss_head.select_cases(kind, mode, args.likelihood, args.dtype)
+        loss_rows, _ = loss_head.run(info, settings, cases)
+        report.save(out_dir, info, loss_rows, None, fresh=args.fresh and args.only == "loss")
+        print()
+        print(common.text_table(loss_head.summarize(loss_rows), loss_head.SUMMARY_COLUMNS))
+        print()
+    files = report.paths(Path(out_dir), info.slug)
+    print(f"wrote {', '.join(str(p) for p in files.values() if p.exists())} in {time.perf_counter() - started:.0f} s")
+    errors = [r for r in (train_rows or []) + (loss_rows or []) if str(r.get("flag") or "").startswith("ERROR")]
+    if errors:
+        print(f"{len(errors)} contender run(s) failed; see the ERROR flags above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

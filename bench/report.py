@@ -1,0 +1,154 @@
+"""Writing results: per-device CSV files (long form, one row per measurement) and a markdown
+report rendered from them. Every file is written atomically (temporary file + ``os.replace``)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import common, loss_head, training
+
+
+def paths(out_dir: Path, slug: str) -> dict[str, Path]:
+    return {"loss": out_dir / f"{slug}-loss.csv", "train": out_dir / f"{slug}-train.csv", "md": out_dir / f"{slug}.md"}
+
+
+def save(out_dir: Path, info: common.DeviceInfo, loss_rows: Sequence[dict] | None, train_rows: Sequence[dict] | None,
+         fresh: bool = False, command: str | None = None) -> dict[str, Path]:
+    """Merge the new rows into the device's CSV files (a partial run replaces only what it
+    measured, unless ``fresh``), then re-render the markdown from the CSVs."""
+    p = paths(Path(out_dir), info.slug)
+    for key, rows, columns, key_cols in (("loss", loss_rows, loss_head.LONG_COLUMNS, loss_head.KEY_COLUMNS),
+                                         ("train", train_rows, training.COLUMNS, training.KEY_COLUMNS)):
+        if rows is None:
+            continue
+        old = [] if fresh else common.read_csv(p[key])
+        merged = common.merge_rows(old, rows, key_cols)
+        common.atomic_write_text(p[key], common.csv_text(merged, columns))
+    command = command or "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    md = render_markdown(info, common.read_csv(p["loss"]), common.read_csv(p["train"]), command)
+    common.atomic_write_text(p["md"], md)
+    return p
+
+
+CPU_LOSS_NOTE = """\
+**Why fastvae loses on the CPU.** With `FASTVAE_BACKEND=auto`, CPU tensors take fastvae's
+plain-torch reference path (`fastvae/reference.py`): the readable oracle the Triton kernels are
+tested against, not a CPU kernel. It computes the same function as eager, op by op: an fp32
+upcast (a full copy of every input for bf16), `x*l`, `softplus(l)`, their difference and a
+per-row sum (Gaussian: `x - m`, square, `exp(-lv)`, product, sum), then the reduction, and the
+autograd backward of each of those ops. Eager calls ATen's `binary_cross_entropy_with_logits`,
+whose forward and backward are few ops with in-place steps; `torch.compile` fuses the whole
+loss into one or two generated C++ loops that read each input once. So on the CPU fastvae
+moves more bytes than either (see the `kernels` column: ATen ops dispatched per call; a
+compiled region counts as the ops left outside its generated code) and pays fixed Python
+input checks (tens of microseconds) that dominate at B=100. The fused single-pass kernels
+are what fastvae ships for CUDA; these CPU rows measure the reference path, not them."""
+
+GPU_LOSS_NOTE = """\
+**Reading the GPU rows.** `fastvae` runs the fused Triton kernels: the latent head reads
+`mu, logvar` once and writes `z` and the per-row KL with the noise drawn in registers; the
+likelihood head reads the decoder output and `x` once per pass. Any `LOSES` row is listed
+below with bytes moved and kernel launches for each contender."""
+
+
+def render_markdown(info: common.DeviceInfo, loss_rows: Sequence[dict], train_rows: Sequence[dict], command: str) -> str:
+    lines = [f"# fastvae benchmarks: {info.name}", ""]
+    dates = sorted({str(r.get("date")) for r in list(loss_rows) + list(train_rows) if r.get("date")})
+    versions = sorted({(str(r.get("torch")), str(r.get("triton"))) for r in list(loss_rows) + list(train_rows)})
+    lines += [
+        f"- device: **{info.name}** ({info.kind})",
+        "- torch / triton: " + (", ".join(f"{t} / {tr}" for t, tr in versions) or f"{info.torch} / {info.triton}"),
+        f"- date(s): {', '.join(dates) or info.date}",
+        f"- last command: `{command}` (torch threads: {info.threads})",
+        "- raw rows (one per measurement, with quantiles): "
+        f"`{info.slug}-loss.csv`, `{info.slug}-train.csv`",
+        "",
+    ]
+    if loss_rows:
+        lines += _loss_section(info, loss_rows)
+    if train_rows:
+        lines += _train_section(train_rows)
+    return "\n".join(lines) + "\n"
+
+
+def _loss_section(info: common.DeviceInfo, rows: Sequence[dict]) -> list[str]:
+    copy = sorted({round(float(r["copy_gbps"]), 1) for r in rows if r.get("copy_gbps")})
+    timer = "triton.testing.do_bench (median, L2 flushed)" if info.kind == "cuda" else \
+        "interleaved perf_counter repeats, warm-up excluded (median)"
+    out = [
+        "## Loss head: z, negative ELBO (sum) from mu, logvar, decoder output, x",
+        "",
+        "Times in ms (" + timer + "). `x_vs_eager` / `x_vs_compile` = the other's time / fastvae's "
+        "(> 1: fastvae faster). GB/s on the minimum bytes the pass must move (formula in "
+        "`bench/loss_head.py:min_bytes`); `%copy` = that as a share of the copy bandwidth measured in "
+        f"the same run ({', '.join(f'{c} GB/s' for c in copy) or 'n/a'}). Peak memory: allocated above the inputs "
+        "(CUDA only). `kernels`: CUDA kernels launched per call (CPU: ATen ops dispatched).",
+        "",
+    ]
+    summary = loss_head.summarize(rows)
+    out.append(common.markdown_table(summary, loss_head.SUMMARY_COLUMNS))
+    out.append("")
+    f_rows = [r for r in rows if r.get("contender") == "fastvae" and r.get("median_ms")]
+    for pass_ in loss_head.PASSES:
+        sel = [r for r in f_rows if r["pass"] == pass_]
+        ge = common.geomean(r.get("speedup_vs_eager") for r in sel)
+        gc = common.geomean(r.get("speedup_vs_compile") for r in sel)
+        if sel:
+            out.append(f"- **{pass_}**: fastvae vs eager geomean x{common.format_value(ge)} "
+                       f"(range x{common.format_value(min(r.get('speedup_vs_eager') or 0 for r in sel))}"
+                       f"-x{common.format_value(max(r.get('speedup_vs_eager') or 0 for r in sel))}), "
+                       f"vs compile geomean x{common.format_value(gc)} "
+                       f"(range x{common.format_value(min(r.get('speedup_vs_compile') or 0 for r in sel))}"
+                       f"-x{common.format_value(max(r.get('speedup_vs_compile') or 0 for r in sel))}) "
+                       f"over {len(sel)} cases")
+    losing = [r for r in f_rows if "LOSES" in str(r.get("flag") or "")]
+    out.append(f"- fastvae loses in {len(losing)} of {len(f_rows)} (case, pass) rows")
+    interp = [r for r in rows if r.get("contender") == loss_head.INTERP]
+    if interp:
+        out.append(f"- `{loss_head.INTERP}` rows (CSV only): the Triton kernels under the interpreter on "
+                   f"{len(interp)} tiny case/passes, to exercise the kernel code on CPU; never a speed claim. "
+                   f"Largest relative error vs the reference: {common.format_value(max(r.get('rel_err') or 0 for r in interp))}")
+    out.append("")
+    out.append(CPU_LOSS_NOTE if info.kind == "cpu" else GPU_LOSS_NOTE)
+    out.append("")
+    if losing:
+        out += ["### Losing rows: bytes and kernels", "",
+                "| case | pass | min MB | fastvae ms | eager ms | compile ms | kernels e/c/f | flag |",
+                "|---|---|---|---|---|---|---|---|"]
+        by_key = {}
+        for r in rows:
+            by_key.setdefault(loss_head._case_key(r), {})[r["contender"]] = r
+        for r in losing:
+            g = by_key[loss_head._case_key(r)]
+            e, c = g.get("eager", {}), g.get("compile", {})
+            out.append(f"| {r['likelihood']} {r['dtype']} B={r['B']} D={r['D']} Z={r['Z']} | {r['pass']} | "
+                       f"{common.format_value(r['min_bytes'] / 1e6)} | {common.format_value(r['median_ms'])} | "
+                       f"{common.format_value(e.get('median_ms'))} | {common.format_value(c.get('median_ms'))} | "
+                       f"{common.format_value(e.get('kernels'))}/{common.format_value(c.get('kernels'))}/"
+                       f"{common.format_value(r.get('kernels'))} | {r['flag']} |")
+        out.append("")
+    return out
+
+
+def _train_section(rows: Sequence[dict]) -> list[str]:
+    out = [
+        "## Training: samples/s and time to the same ELBO",
+        "",
+        "Same data (binary 784-D), model, optimiser and number of samples for every contender. "
+        "`samples_per_s`: steady state, first logging window to the last (start-up and compilation "
+        "excluded); `end_to_end_s`: the whole call. `train_elbo`: mean over the last logging window; "
+        "`test_elbo`: one fixed-seed single-sample estimate for every contender. `time_to_target_s`: wall "
+        "time (from the loop's start) at which the windowed train ELBO first reached the lowest final "
+        "train ELBO among the model's contenders; `time_to_target_speedup` = the loop's / this one's.",
+        "",
+    ]
+    archs = sorted({(r.get("model"), r.get("arch"), r.get("data")) for r in rows}, key=lambda t: str(t))
+    for model, arch, data in archs:
+        out.append(f"- `{model}`: {arch}, data: {data}")
+    out.append("")
+    out.append(common.markdown_table(rows, training.SUMMARY_COLUMNS))
+    out.append("")
+    return out
