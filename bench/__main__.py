@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import common
 
-    kind = common.resolve_device(args.device)
+    try:
+        kind = common.resolve_device(args.device)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if kind == "cpu":
         # lets the loss benchmark run fastvae's Triton kernels once under the interpreter
         # (a labelled, tiny case); must be set before the kernels are first imported
