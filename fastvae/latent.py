@@ -9,6 +9,7 @@ in a CUDA graph.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -158,8 +159,9 @@ def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor
 def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: int) -> torch.Tensor:
     """Standard-normal noise for the torch path, from torch's generator or a seeded one.
 
-    With ``first_row`` the stream's first rows are drawn and dropped, so that rows line up
-    with the same rows of a larger batch drawn with the same seed.
+    Seeded noise is Box-Muller over ``torch.rand``, which fills serially: row r's noise
+    depends only on (seed, r), never on how many rows are drawn — so ``first_row`` lines rows
+    up with the same rows of a larger batch (``torch.randn`` fills in blocks and would not).
     """
     if seed is None and first_row == 0:
         return torch.randn_like(mu)
@@ -169,5 +171,7 @@ def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: i
         generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
     n_latent = mu.shape[-1]
     rows = mu.numel() // n_latent
-    noise = torch.randn((first_row + rows, n_latent), dtype=mu.dtype, device=mu.device, generator=generator)
-    return noise[first_row:].reshape(mu.shape)
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    u = torch.rand((first_row + rows, 2, n_latent), dtype=dtype, device=mu.device, generator=generator)[first_row:]
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[:, 0]))  # 1 - u in (0, 1]: finite
+    return (radius * torch.cos(2.0 * math.pi * u[:, 1])).to(mu.dtype).reshape(mu.shape)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoint import load_checkpoint
-from .data.datasets import Dataset, load_dataset
+from .data import Dataset, load_dataset
 from .distributed import setup_process_group
 from .evaluation import dataset_elbo, dataset_log_px
 from .models import VAE, ModelConfig
@@ -31,14 +31,15 @@ class Run:
 
     def test_tensor(self, limit: int | None = None) -> torch.Tensor:
         """Held-out examples (the training set if there is none), prepared as in training."""
-        data = self.dataset.test if self.dataset.test is not None else self.dataset.train
-        return held_out_tensor(data, self.model.cfg.data_dim, self.config, self.device, limit)
+        return held_out_tensor(self.dataset, self.config, self.device, limit)
 
 
-def held_out_tensor(data, data_dim: int, config: TrainConfig, device: torch.device, limit: int | None = None) -> torch.Tensor:
-    """Held-out rows as the model sees data: flattened, float32 on ``device``, binarised as in training
-    (thresholded, or one fixed stochastic binarisation seeded by the run's seed)."""
-    x = torch.as_tensor(data[:limit] if limit else data[:]).reshape(-1, data_dim).to(device, torch.float32)
+def held_out_tensor(dataset: Dataset, config: TrainConfig, device: torch.device, limit: int | None = None) -> torch.Tensor:
+    """The test rows (the training rows if there is no test set) as the model sees data: float32
+    features on ``device``, binarised as in training (thresholded, or one fixed stochastic
+    binarisation seeded by the run's seed)."""
+    x = dataset.tensor("test" if dataset.test is not None else "train", device)
+    x = x[:limit] if limit else x
     if config.binarization == "threshold":
         return (x > 0.5).float()
     if config.binarization == "dynamic":
@@ -56,7 +57,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     model = VAE(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(torch_device).eval()
-    dataset = load_dataset(config.data, test_path=config.test_data)
+    dataset = load_dataset(config.data, test=config.test_data)
     return Run(config, model, dataset, int(state["step"]), torch_device)
 
 

@@ -29,8 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, save_checkpoint
-from .data.batches import make_batches
-from .data.datasets import Dataset, load_dataset
+from .data import Dataset, load_dataset
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
 from .evaluation import dataset_elbo
 from .latent import draw_seed
@@ -89,7 +88,7 @@ class _Trainer:
         self.cfg, self.group, self.dataset = cfg, group, dataset
         self.device = group.device
         self.out_dir = Path(cfg.out)
-        self.n_train, data_dim = dataset.train.shape[0], int(math.prod(dataset.train.shape[1:]))
+        self.n_train, data_dim = int(dataset.train.shape[0]), dataset.num_features
         self.global_batch = cfg.batch_size * group.world_size
         if self.n_train < self.global_batch:
             raise ValueError(
@@ -101,9 +100,9 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         self.model = VAE(model_config_for(cfg, data_dim)).to(self.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters(), self.n_train)
-        self.batches = make_batches(
-            dataset.train, self.device, cfg.batch_size, seed=cfg.seed, rank=group.rank,
-            world_size=group.world_size, binarize=cfg.binarization,
+        self.batches = dataset.batches(
+            self.device, cfg.batch_size, cfg.seed, rank=group.rank, world_size=group.world_size,
+            binarize=cfg.binarization,
             memory_budget_bytes=None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20),
         )
         # One noise stream shared by all ranks; each rank takes its rows (first_row).
@@ -124,7 +123,7 @@ class _Trainer:
             self.step_fn = torch.compile(self._train_step, mode=None if cfg.compile == "default" else cfg.compile)
         self.test_data = None
         if dataset.test is not None:
-            self.test_data = held_out_tensor(dataset.test, data_dim, cfg, self.device, cfg.eval_examples)
+            self.test_data = held_out_tensor(dataset, cfg, self.device, cfg.eval_examples)
 
     # -- state -----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -207,7 +206,7 @@ class _Trainer:
         end = self.steps if stop_after is None else min(self.steps, stop_after)
         bar = tqdm(total=self.steps, initial=self.step, unit="step", disable=None if self.group.is_main else True,
                    desc=f"fastvae {self.dataset.name}")
-        batches = iter(self.batches)
+        batches = self.batches.stream()
         try:
             while self.step < end:
                 x = next(batches)
@@ -276,7 +275,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     """
     group = setup_process_group(cfg.device)
     try:
-        dataset = load_dataset(cfg.data, test_path=cfg.test_data)
+        dataset = load_dataset(cfg.data, test=cfg.test_data)
         trainer = _Trainer(cfg, group, dataset)
         return trainer.run(stop_after)
     finally:
