@@ -10,6 +10,15 @@ from fastvae.evaluation import dataset_elbo
 from fastvae.models import VAE, ModelConfig
 from fastvae.paper.wake_sleep import WakeSleep, dream
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 D, Z, B = 5, 2, 7
 
 

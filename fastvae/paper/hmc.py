@@ -54,6 +54,7 @@ class HMC:
         adapt_rate: float = 0.05,
         min_step: float = 1e-5,
         max_step: float = 10.0,
+        jitter: float = 0.2,
     ):
         if n_leapfrog < 1:
             raise ValueError(f"n_leapfrog must be >= 1, got {n_leapfrog}")
@@ -67,13 +68,19 @@ class HMC:
         self.adapt_rate = adapt_rate
         self.min_step = min_step
         self.max_step = max_step
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+        self.jitter = jitter
         self.last_accept_rate = float("nan")
 
     def leapfrog(
-        self, log_prob: LogProb, z: torch.Tensor, p: torch.Tensor, grad: torch.Tensor
+        self, log_prob: LogProb, z: torch.Tensor, p: torch.Tensor, grad: torch.Tensor,
+        eps: float | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """L leapfrog steps from (z, p); returns (z', p', log_prob(z'), grad(z'))."""
-        eps = self.step_size
+        """L leapfrog steps of size ``eps`` (default: the current step size; a (B, 1) tensor
+        gives each chain its own) from (z, p); returns (z', p', log_prob(z'), grad(z'))."""
+        if eps is None:
+            eps = self.step_size
         p = p + 0.5 * eps * grad
         lp = torch.empty(0)  # set by the first leapfrog step (n_leapfrog >= 1)
         for i in range(self.n_leapfrog):
@@ -95,7 +102,9 @@ class HMC:
         """One HMC transition of every chain: returns (new z (B, Z), acceptance probability (B,))."""
         lp0, grad0 = log_prob_and_grad(log_prob, z)
         p0 = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z1, p1, lp1, _ = self.leapfrog(log_prob, z, p0, grad0)
+        u_eps = torch.rand((*z.shape[:-1], 1), generator=generator, device=z.device, dtype=z.dtype)
+        eps = self.step_size * (1.0 + self.jitter * (2.0 * u_eps - 1.0))
+        z1, p1, lp1, _ = self.leapfrog(log_prob, z, p0, grad0, eps)
         h0 = -lp0 + 0.5 * (p0**2).sum(-1)
         h1 = -lp1 + 0.5 * (p1**2).sum(-1)
         log_alpha = torch.clamp(h0 - h1, max=0.0)
