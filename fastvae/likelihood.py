@@ -88,7 +88,13 @@ _log_likelihood.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _flatten_rows(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Broadcast ``t`` to ``shape`` (..., D) and view it as (N, D); copies only if it must."""
+    """Broadcast ``t`` to ``shape`` (..., D) and view it as (N, D); copies only if it must.
+
+    A half-precision input that is broadcast and requires grad is upcast first: its gradient
+    is then summed over the broadcast copies in float32 and rounded once, as on the torch path.
+    """
+    if t.requires_grad and t.dtype in (torch.float16, torch.bfloat16) and t.numel() < shape.numel():
+        t = t.float()
     return t.expand(shape).reshape(-1, shape[-1])
 
 

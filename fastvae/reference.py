@@ -48,9 +48,15 @@ def kl_standard_normal_ref(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
 def reparameterize_ref(
     mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = mu + exp(logvar/2) * eps (in mu's dtype) and the per-row analytic KL."""
-    z = upcast(mu) + torch.exp(0.5 * upcast(logvar)) * upcast(eps)
-    return z.to(mu.dtype), kl_standard_normal_ref(mu, logvar)
+    """z = mu + exp(logvar/2) * eps (in mu's dtype) and the per-row analytic KL.
+
+    mu and logvar are upcast once, so that in half precision their gradients from z and
+    from the KL are summed in float32 and rounded once (as the kernel does).
+    """
+    dtype = mu.dtype
+    mu, logvar = upcast(mu), upcast(logvar)
+    z = mu + torch.exp(0.5 * logvar) * upcast(eps)
+    return z.to(dtype), kl_standard_normal_ref(mu, logvar)
 
 
 def bernoulli_log_likelihood_ref(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
