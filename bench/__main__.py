@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training data: synthetic binary images (default) or Fashion-MNIST thresholded at 0.5")
     p.add_argument("--cpu-train-compile", action="store_true",
                    help="on the CPU, also train with the trainer under torch.compile")
+    p.add_argument("--train-runs", type=int, help="training: runs per contender, the fastest reported "
+                   "(default: 2 for full CPU runs, else 1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs; default: torch's choice)")
     p.add_argument("--out", type=Path, help="output folder (default: bench/results, or bench/results/scratch for --quick/--tiny)")
     p.add_argument("--fresh", action="store_true", help="replace the device's result files instead of merging into them")
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(training.MODELS)}", file=sys.stderr)
             return 2
-        settings = training.Settings(mode, data=args.data, cpu_compile=args.cpu_train_compile)
+        settings = training.Settings(mode, data=args.data, cpu_compile=args.cpu_train_compile,
+                                     runs=args.train_runs)
         train_rows = training.run(info, settings, models)
         report.save(out_dir, info, None, train_rows, fresh=args.fresh)
         print()

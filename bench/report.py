@@ -139,7 +139,7 @@ def _train_section(rows: Sequence[dict]) -> list[str]:
         "",
         "Same data (binary 784-D), model, optimiser and number of samples for every contender. "
         "`samples_per_s`: steady state, first logging window to the last (start-up and compilation "
-        "excluded); `end_to_end_s`: the whole call. `train_elbo`: mean over the last logging window; "
+        "excluded), the best of `runs` runs (all in the CSV's `samples_per_s_runs`); `end_to_end_s`: the whole call. `train_elbo`: mean over the last logging window; "
         "`test_elbo`: one fixed-seed single-sample estimate for every contender. `time_to_target_s`: wall "
         "time (from the loop's start) at which the windowed train ELBO first reached the lowest final "
         "train ELBO among the model's contenders; `time_to_target_speedup` = the loop's / this one's.",

@@ -17,7 +17,8 @@ Contenders:
 - ``fastvae+graphs`` (CUDA): the trainer with ``compile="reduce-overhead"`` (torch.compile
   with CUDA graphs); ``fastvae+compile`` (CPU, optional): ``compile="default"``.
 
-Reported per run: steady-state samples/s (from the first logging window to the last, so
+Each contender runs ``runs`` times (2 for full CPU runs, in alternating order: the CPU may be
+shared) and its fastest run is reported. Reported: steady-state samples/s (from the first logging window to the last, so
 start-up and compilation are left out), the end-to-end wall time, the last window's train
 ELBO, the test ELBO (the same single-sample estimator with a fixed seed for every contender,
 see ``test_elbo``) and the wall time at which the run's windowed train ELBO first reached
@@ -348,6 +349,12 @@ class Settings:
     mode: str  # "full", "quick" or "tiny"
     data: str = "synthetic"
     cpu_compile: bool = False  # also the trainer under torch.compile on the CPU
+    runs: int | None = None  # runs per contender (best kept); None: 2 for full CPU runs, else 1
+
+    def repeats(self, device_kind: str) -> int:
+        if self.runs is not None:
+            return self.runs
+        return 2 if self.mode == "full" and device_kind == "cpu" else 1
 
     def sizes(self, device_kind: str) -> tuple[int, int, int, int]:
         """(n_train, n_test, samples per run, log_every steps)."""
@@ -372,7 +379,7 @@ def contender_list(device: torch.device, settings: Settings) -> list[tuple[str, 
 
 COLUMNS = [
     "device", "torch", "triton", "date", "threads", "model", "arch", "data", "contender", "impl", "samples",
-    "steps", "samples_per_s", "speedup_vs_loop", "end_to_end_s", "train_elbo", "test_elbo", "target_elbo",
+    "steps", "runs", "samples_per_s", "samples_per_s_runs", "speedup_vs_loop", "end_to_end_s", "train_elbo", "test_elbo", "target_elbo",
     "time_to_target_s", "time_to_target_speedup", "flag",
 ]
 KEY_COLUMNS = ["device", "model", "contender"]
@@ -388,32 +395,49 @@ def run(info: common.DeviceInfo, settings: Settings, models: Sequence[str] = ("p
         data = make_data(settings.data, n_train, n_test, work / "data")
         log(f"[train] data: {settings.data}, {len(data.train)} train / {len(data.test)} test rows, "
             f"{data.train.mean():.3f} ones; {samples} samples per run")
+        repeats = settings.repeats(device.type)
         for model_name in models:
             spec = MODELS[model_name]
+            contenders = contender_list(device, settings)
+            runs: dict[str, list[RunOutcome]] = {name: [] for name, _, _ in contenders}
+            errors: dict[str, str] = {}
+            for rep in range(repeats):
+                # alternate the order (A B, B A, ...) so drifting machine load favours nobody
+                for name, impl, compile_mode in (contenders if rep % 2 == 0 else contenders[::-1]):
+                    if name in errors:
+                        continue
+                    try:
+                        if name == "examples-loop":
+                            outcome = run_examples_loop(spec, data, device, samples, log_every)
+                        else:
+                            outcome = run_fastvae_trainer(spec, data, device, samples, log_every,
+                                                          work / f"{model_name}-{name}-{rep}", compile_mode)
+                    except Exception as exc:  # noqa: BLE001 - one failing contender must not hide the others
+                        traceback.print_exc()
+                        first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
+                        errors[name] = f"ERROR {type(exc).__name__}: {first_line}"
+                        log(f"[train] {spec.name} {name}: {errors[name]}")
+                        continue
+                    runs[name].append(outcome)
+                    log(f"[train] {spec.name} {name} run {rep + 1}/{repeats}: "
+                        f"{common.format_value(steady_samples_per_s(outcome.trajectory))} samples/s, "
+                        f"train ELBO {outcome.trajectory.elbo[-1]:.2f}, test ELBO {common.format_value(outcome.test_elbo)}")
             outcomes: dict[str, RunOutcome] = {}
             model_rows = []
-            for name, impl, compile_mode in contender_list(device, settings):
+            for name, impl, _ in contenders:
                 row = {**info.tags(), "threads": info.threads, "model": spec.name, "arch": spec.label,
                        "data": settings.data, "contender": name, "impl": impl, "samples": samples}
-                try:
-                    if name == "examples-loop":
-                        outcome = run_examples_loop(spec, data, device, samples, log_every)
-                    else:
-                        outcome = run_fastvae_trainer(spec, data, device, samples, log_every,
-                                                      work / f"{model_name}-{name}", compile_mode)
-                except Exception as exc:  # noqa: BLE001 - one failing contender must not hide the others
-                    traceback.print_exc()
-                    row["flag"] = f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-                    model_rows.append(row)
-                    log(f"[train] {spec.name} {name}: {row['flag']}")
+                model_rows.append(row)
+                if name in errors:
+                    row["flag"] = errors[name]
                     continue
+                rates = [steady_samples_per_s(o.trajectory) or 0.0 for o in runs[name]]
+                outcome = runs[name][max(range(len(rates)), key=rates.__getitem__)]  # the least disturbed run
                 outcomes[name] = outcome
-                row.update(steps=outcome.steps, samples_per_s=steady_samples_per_s(outcome.trajectory),
+                row.update(steps=outcome.steps, runs=len(rates), samples_per_s=max(rates),
+                           samples_per_s_runs=";".join(f"{r:.0f}" for r in rates),
                            end_to_end_s=outcome.end_to_end_s, train_elbo=outcome.trajectory.elbo[-1],
                            test_elbo=outcome.test_elbo)
-                model_rows.append(row)
-                log(f"[train] {spec.name} {name}: {common.format_value(row['samples_per_s'])} samples/s, "
-                    f"train ELBO {row['train_elbo']:.2f}, test ELBO {common.format_value(row['test_elbo'])}")
             add_training_ratios(model_rows, outcomes)
             rows += model_rows
     return rows
