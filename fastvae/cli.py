@@ -96,8 +96,8 @@ def _add_train(sub) -> None:
     p.add_argument("--squash-mean", action="store_true", help="gaussian decoder: sigmoid on the mean (the paper's Frey Face model)")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size M per process (default: %(default)s)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_float, default=None, help="passes over the training set (default: 100)")
-    length.add_argument("--samples", type=_positive_int, default=None, help="training examples to process in total")
+    length.add_argument("--epochs", type=_positive_float, default=None, help="passes over the training set")
+    length.add_argument("--samples", type=_positive_int, default=None, help="training examples to process in total (default: 2,000,000 when neither is given)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="(default: %(default)s, as the paper)")
     p.add_argument("--lr", type=_positive_float, default=None, help="step size (default: 0.02 Adagrad, 1e-3 Adam)")
     p.add_argument("--weight-decay", type=_non_negative_float, default=None,

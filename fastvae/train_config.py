@@ -39,7 +39,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 100  # per process; the global batch is batch_size * world size
     epochs: Optional[float] = None
-    samples: Optional[int] = None  # training samples to see; overrides epochs
+    samples: Optional[int] = None  # training samples to process; default (neither given) 2,000,000
     optimizer: str = "adagrad"
     lr: Optional[float] = None  # None: 0.02 for Adagrad, 1e-3 for Adam
     weight_decay: Optional[float] = None  # None: the paper's N(0, I) prior, i.e. 1 / N_train
@@ -81,6 +81,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
+        if self.epochs is not None and self.samples is not None:
+            raise ValueError("give epochs or samples, not both")
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
             raise ValueError(f"samples must be a positive integer, got {self.samples!r}")
         for name in ("lr", "memory_budget_mb"):

@@ -39,6 +39,8 @@ from .runs import held_out_tensor
 from .train_config import TrainConfig
 
 NOISE_SEED_OFFSET = 0x5EED
+# Training length when neither epochs nor samples is given: about a minute on the digits on a CPU.
+DEFAULT_SAMPLES = 2_000_000
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,10 +79,10 @@ def make_optimizer(cfg: TrainConfig, params, n_train: int) -> torch.optim.Optimi
 
 
 def total_steps(cfg: TrainConfig, n_train: int, global_batch: int) -> int:
-    if cfg.samples is not None:
-        return max(1, math.ceil(cfg.samples / global_batch))
-    epochs = cfg.epochs if cfg.epochs is not None else 100.0
-    return max(1, math.ceil(epochs * (n_train // global_batch or 1)))
+    if cfg.epochs is not None:
+        return max(1, math.ceil(cfg.epochs * (n_train // global_batch)))
+    samples = cfg.samples if cfg.samples is not None else DEFAULT_SAMPLES
+    return max(1, math.ceil(samples / global_batch))
 
 
 class _Trainer:
