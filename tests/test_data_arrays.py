@@ -38,33 +38,29 @@ def test_version_2_header(tmp_path):
     assert load_npy(tmp_path / "v2.npy").shape == (3, 2)
 
 
-def _bad(tmp_path, name, array=None, raw=None, **save):
+INVALID = {  # file name: (array or raw bytes, message)
+    "one_dim.npy": (np.zeros(5), "has 1 dimension"),
+    "scalar.npy": (np.zeros(()), "has 0 dimension"),
+    "object.npy": (np.array([[1, None]], dtype=object), "not a real numeric dtype"),
+    "complex.npy": (np.zeros((2, 2), np.complex64), "not a real numeric dtype"),
+    "strings.npy": (np.array([["a", "b"]]), "not a real numeric dtype"),
+    "fortran.npy": (np.asfortranarray(np.zeros((3, 4))), "Fortran order"),
+    "no_rows.npy": (np.zeros((0, 4)), "holds no examples"),
+    "no_cols.npy": (np.zeros((4, 0)), "holds no examples"),
+    "garbage.npy": (b"hello world, not numpy", "not a valid .npy file"),
+    "empty.npy": (b"", "not a valid .npy file"),
+    "bad_header.npy": (b"\x93NUMPY\x01\x00\x10\x00{'descr': oops }\n", "not a valid .npy file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_npy(tmp_path, name):
+    content, message = INVALID[name]
     path = tmp_path / name
-    if raw is not None:
-        path.write_bytes(raw)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
     else:
-        np.save(path, array, **save)
-    return path
-
-
-@pytest.mark.parametrize(
-    "name,make,message",
-    [
-        ("one_dim.npy", lambda p: _bad(p, "one_dim.npy", np.zeros(5)), "has 1 dimension"),
-        ("scalar.npy", lambda p: _bad(p, "scalar.npy", np.zeros(())), "has 0 dimension"),
-        ("object.npy", lambda p: _bad(p, "object.npy", np.array([[1, None]], dtype=object), allow_pickle=True), "not a real numeric dtype"),
-        ("complex.npy", lambda p: _bad(p, "complex.npy", np.zeros((2, 2), np.complex64)), "not a real numeric dtype"),
-        ("strings.npy", lambda p: _bad(p, "strings.npy", np.array([["a", "b"]])), "not a real numeric dtype"),
-        ("fortran.npy", lambda p: _bad(p, "fortran.npy", np.asfortranarray(np.zeros((3, 4)))), "Fortran order"),
-        ("no_rows.npy", lambda p: _bad(p, "no_rows.npy", np.zeros((0, 4))), "holds no examples"),
-        ("no_cols.npy", lambda p: _bad(p, "no_cols.npy", np.zeros((4, 0))), "holds no examples"),
-        ("garbage.npy", lambda p: _bad(p, "garbage.npy", raw=b"hello world, not numpy"), "not a valid .npy file"),
-        ("empty.npy", lambda p: _bad(p, "empty.npy", raw=b""), "not a valid .npy file"),
-        ("bad_header.npy", lambda p: _bad(p, "bad_header.npy", raw=b"\x93NUMPY\x01\x00\x10\x00{'descr': oops }\n"), "not a valid .npy file"),
-    ],
-)
-def test_invalid_npy(tmp_path, name, make, message):
-    path = make(tmp_path)
+        np.save(path, content, allow_pickle=True)
     with pytest.raises(ValueError, match=message) as info:
         load_npy(path)
     assert str(path) in str(info.value)

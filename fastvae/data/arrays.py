@@ -24,7 +24,11 @@ import torch
 _NPY_MAGIC = b"\x93NUMPY"
 
 #: numpy storage dtypes torch cannot hold natively, and what they are widened to.
-_WIDEN = {np.dtype(np.uint16): np.dtype(np.int32), np.dtype(np.uint32): np.dtype(np.int64), np.dtype(np.uint64): np.dtype(np.float64)}
+_WIDEN = {
+    np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.uint32): np.dtype(np.int64),
+    np.dtype(np.uint64): np.dtype(np.float64),
+}
 
 
 def is_npy(path: str | os.PathLike) -> bool:
