@@ -15,15 +15,9 @@ True
 from __future__ import annotations
 
 import mmap
-import os
 
 import numpy as np
 import torch
-
-#: Linux maps up to this many bytes of already-cached file pages around each page fault
-#: ("fault-around", /sys/kernel/mm/... default 64 KiB), so touching one row of a mapped file
-#: can add this much to the resident set.
-FAULT_AROUND_BYTES = 64 * 1024
 
 #: Fraction of the free device memory a device-resident dataset may take by default.
 DEFAULT_DEVICE_MEMORY_FRACTION = 0.5
@@ -65,11 +59,6 @@ def release_pages(array_or_mmap: np.ndarray | mmap.mmap | None) -> bool:
     except (OSError, ValueError):  # closed mapping, or a kernel that refuses: nothing to release
         return False
     return True
-
-
-def mapped_bytes_per_row(row_bytes: int) -> int:
-    """Upper bound on what gathering one row of ``row_bytes`` from a mapping adds to the resident set."""
-    return (-(-row_bytes // FAULT_AROUND_BYTES) + 1) * FAULT_AROUND_BYTES
 
 
 def rss_bytes() -> int:
@@ -119,6 +108,3 @@ def is_file_backed(array: np.ndarray) -> bool:
     """True when ``array`` reads from a memory-mapped file rather than ordinary memory."""
     return find_mmap(array) is not None
 
-
-def page_size() -> int:
-    return os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
