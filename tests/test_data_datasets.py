@@ -1,0 +1,125 @@
+"""The dataset registry: names, directories of IDX files, single files, test splits, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastvae.data import datasets as registry
+from fastvae.data import load_dataset, write_idx
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_digits_default():
+    ds = load_dataset()
+    assert ds.name == "digits" and ds.train.shape == (1500, 64) and ds.test.shape == (297, 64)
+    assert ds.example_shape == (8, 8) and ds.kind == "unit" and ds.likelihood == "bernoulli" and ds.divisor is None
+    x = ds.tensor("test")
+    assert x.dtype == torch.float32 and x.shape == (297, 64) and 0 <= x.min() and x.max() == 1
+    x += 1
+    assert ds.test.max() == 1.0  # tensor() never aliases the dataset's arrays
+    with ds.batches("cpu", 100, seed=0, binarize="dynamic") as b:
+        batch = next(iter(b))
+    assert batch.shape == (100, 64) and set(batch.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(), reason="needs apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_package():
+    ds = load_dataset("fashion-mnist")
+    assert ds.train.shape == (60000, 784) and ds.test.shape == (10000, 784)
+    assert ds.train.dtype == np.uint8 and ds.divisor == 255.0 and ds.kind == "unit"
+    assert ds.example_shape == (28, 28)
+    with ds.batches("cpu", 100, seed=0) as b:
+        x = next(iter(b))
+    assert x.dtype == torch.float32 and x.shape == (100, 784) and 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as info:
+        load_dataset("fashion-mnist")
+    assert str(tmp_path / "nowhere") in str(info.value)
+
+
+def _mnist_dir(root: Path, n_train=120, n_test=30, gz=False, test=True, name="train-images-idx3-ubyte") -> Path:
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    root.mkdir(parents=True, exist_ok=True)
+    write_idx(root / f"{name}{suffix}", rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8))
+    write_idx(root / f"train-labels-idx1-ubyte{suffix}", rng.integers(0, 10, n_train, dtype=np.uint8))
+    if test:
+        write_idx(root / f"t10k-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_format_directory(tmp_path, gz):
+    ds = load_dataset(_mnist_dir(tmp_path / "mnist", gz=gz))
+    assert ds.train.shape == (120, 784) and ds.test.shape == (30, 784) and ds.example_shape == (28, 28)
+    assert ds.divisor == 255.0 and ds.kind == "unit"
+    assert isinstance(ds.train, np.memmap) == (not gz)  # raw files are mapped, never read whole
+
+
+def test_mnist_dir_alternative_names_and_no_test_file(tmp_path):
+    ds = load_dataset(_mnist_dir(tmp_path / "m", test=False, name="train-images.idx3-ubyte"))
+    assert ds.train.shape == (108, 784) and ds.test.shape == (12, 784)  # last 10% as test
+
+
+def test_directory_without_images(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_single_npy_splits_off_the_tail(tmp_path):
+    a = np.random.default_rng(0).normal(size=(200, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    ds = load_dataset(str(tmp_path / "a.npy"))
+    assert ds.train.shape == (180, 12) and ds.test.shape == (20, 12) and ds.example_shape == (3, 4)
+    assert ds.kind == "real" and ds.likelihood == "gaussian" and ds.divisor is None
+    assert np.array_equal(ds.test, a.reshape(200, 12)[180:]) and isinstance(ds.train, np.memmap)
+
+
+def test_npy_with_test_file_and_kinds(tmp_path):
+    np.save(tmp_path / "tr.npy", np.random.default_rng(0).random((50, 16)).astype(np.float32))
+    np.save(tmp_path / "te.npy", np.random.default_rng(1).random((10, 16)).astype(np.float32))
+    ds = load_dataset(tmp_path / "tr.npy", test=tmp_path / "te.npy")
+    assert ds.train.shape == (50, 16) and ds.test.shape == (10, 16) and ds.kind == "unit" and ds.example_shape == (4, 4)
+    np.save(tmp_path / "bin.npy", (np.random.default_rng(0).random((50, 10)) > 0.5).astype(np.uint8))
+    binary = load_dataset(tmp_path / "bin.npy")
+    assert binary.divisor is None and binary.kind == "unit" and binary.example_shape == (10,)
+
+
+def test_single_idx_file(tmp_path):
+    write_idx(tmp_path / "imgs-idx3-ubyte", np.zeros((40, 5, 5), np.uint8) + 7)
+    ds = load_dataset(tmp_path / "imgs-idx3-ubyte")
+    assert ds.train.shape == (36, 25) and ds.example_shape == (5, 5) and ds.divisor == 255.0
+
+
+def test_registry_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or directory.*digits.*fashion-mnist"):
+        load_dataset(tmp_path / "missing.npy")
+    np.save(tmp_path / "a.npy", np.zeros((30, 4), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((30, 5), np.float32))
+    with pytest.raises(ValueError, match=r"b.npy.*5 features.*a.npy.*4"):
+        load_dataset(tmp_path / "a.npy", test=tmp_path / "b.npy")
+    with pytest.raises(FileNotFoundError, match="--test-data"):
+        load_dataset(tmp_path / "a.npy", test=tmp_path / "nope.npy")
+    with pytest.raises(ValueError, match="--test-data does not apply"):
+        load_dataset("digits", test=tmp_path / "a.npy")
+    write_idx(tmp_path / "labels-idx1-ubyte", np.zeros(10, np.uint8))
+    with pytest.raises(ValueError, match="labels-idx1-ubyte.*labels"):
+        load_dataset(tmp_path / "labels-idx1-ubyte")
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="bad.npy"):
+        load_dataset(tmp_path / "bad.npy")
+    np.save(tmp_path / "tiny.npy", np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match="too few to split"):
+        load_dataset(tmp_path / "tiny.npy")
+    np.save(tmp_path / "nan.npy", np.full((30, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="nan.npy: data contains NaN"):
+        load_dataset(tmp_path / "nan.npy")
