@@ -148,7 +148,10 @@ def read_idx(path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = No
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if array.ndim not in allowed:
             want = " or ".join(str(n) for n in allowed)
-            raise ValueError(f"{path}: wrong dimension count: the IDX header declares {array.ndim} dimensions {array.shape}, expected {want}")
+            raise ValueError(
+                f"{path}: wrong dimension count: the IDX header declares {array.ndim} dimensions {array.shape}, "
+                f"expected {want}"
+            )
     return array
 
 
