@@ -46,7 +46,9 @@ def _softplus(l):
 
 @triton.jit
 def _sigmoid(l):
-    return 1.0 / (1.0 + tl.exp(-l))
+    # e = exp(-|l|) <= 1: no overflow for any finite l
+    e = tl.exp(-tl.abs(l))
+    return tl.where(l >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 @triton.jit
