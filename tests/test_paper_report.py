@@ -1,0 +1,70 @@
+"""End to end: the tiny budget writes report.md, the figures and results.json; the CLI fails cleanly."""
+
+import json
+
+import pytest
+import torch
+
+from fastvae.paper import run_paper
+from fastvae.paper.__main__ import main
+from fastvae.paper.experiments import checkpoints
+from fastvae.paper.report import orderings
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_budget_end_to_end(tmp_path):
+    path = run_paper("tiny", tmp_path, data="digits", log=lambda msg: None)
+    assert path == tmp_path / "report.md"
+    text = path.read_text()
+    for fig in ("fig1_binary.png", "fig1_real.png", "fig2_marginal.png", "fig3_manifold_binary.png",
+                "fig3_manifold_real.png"):
+        assert (tmp_path / fig).stat().st_size > 1000
+        assert f"({fig})" in text
+    assert "## Orderings" in text and "nats/example" in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) >= {"budget", "exp1_binary", "exp1_real", "exp2", "exp3", "exp4", "run"}
+    exp2 = results["exp2"]["results"]
+    for per in exp2.values():
+        assert set(per) == {"AEVB", "wake-sleep", "MCEM"}
+        for r in per.values():
+            assert all(isinstance(row["test"], float) for row in r["curve"])
+    assert abs(results["exp4"]["gap_elbo"]) < 0.1
+
+
+def test_orderings_are_computed_from_the_numbers():
+    curve = lambda v: [{"samples": 100, "train": v, "test": v - 1}]  # noqa: E731
+    results = {"exp1_binary": {"settings": {"data": "d", "nz": [3]},
+                               "curves": {"AEVB": {3: curve(-10.0)}, "wake-sleep": {3: curve(-12.0)}}}}
+    assert [c["held"] for c in orderings(results)] == [True, True]
+    results["exp1_binary"]["curves"]["AEVB"][3] = curve(-13.0)
+    assert [c["held"] for c in orderings(results)] == [False, False]
+
+
+def test_checkpoints_are_log_spaced_batches():
+    at = checkpoints(10_000, 100, 5)
+    assert at[0] == 100 and at[-1] == 10_000 and all(a % 100 == 0 for a in at) and at == sorted(set(at))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--experiments", "1,x"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --experiments")
+    assert main(["--out", str(tmp_path), "--experiments", "7"]) == 2
+    assert "experiments must be among" in capsys.readouterr().err
+    assert main(["--budget", "tiny", "--out", str(tmp_path), "--data", str(tmp_path / "missing"), "--experiments", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    with pytest.raises(SystemExit):
+        main(["--budget", "huge", "--out", str(tmp_path)])
+
+
+def test_run_paper_rejects_unknown_budget(tmp_path):
+    with pytest.raises(ValueError, match="budget must be one of"):
+        run_paper("huge", tmp_path)
