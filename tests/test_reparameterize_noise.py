@@ -1,0 +1,216 @@
+"""The noise of ``reparameterize``: distribution, determinism, seeds, explicit eps.
+
+Statistical bounds are derived from the sample size n: for standard-normal draws the sample
+mean has standard error 1/sqrt(n), the sample variance sqrt(2/(n-1)), a sample correlation of
+independent draws 1/sqrt(n); each is checked at 5 standard errors (a false alarm ~ 6e-7 per
+check). The seeds are fixed, so the tests are deterministic.
+
+The Triton path's draws are also checked bit-for-bit against an independent NumPy
+Philox4x32-10 (itself checked against the Random123 known-answer vectors) followed by the
+Box-Muller map of ``tl.randn``: eps at row r, column c is randn(seed, first_row*Z + r*Z + c).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import fastvae
+from _oracles import BACKENDS
+
+
+def _recovered_eps(z, mu, logvar):
+    return ((z.double() - mu.double()) * torch.exp(-0.5 * logvar.double())).flatten()
+
+
+def _check_standard_normal(eps: torch.Tensor, rows: int, cols: int) -> dict:
+    n = eps.numel()
+    e = eps.numpy()
+    mean, var = e.mean(), e.var(ddof=1)
+    assert abs(mean) < 5.0 / math.sqrt(n), mean
+    assert abs(var - 1.0) < 5.0 * math.sqrt(2.0 / (n - 1)), var
+    ks = stats.kstest(e, "norm")
+    assert ks.pvalue > 1e-4, ks
+    grid = e.reshape(rows, cols)
+    # neighbours along a row, and the same column in neighbouring rows: uncorrelated
+    along = np.corrcoef(grid[:, :-1].ravel(), grid[:, 1:].ravel())[0, 1]
+    across = np.corrcoef(grid[:-1].ravel(), grid[1:].ravel())[0, 1]
+    assert abs(along) < 5.0 / math.sqrt(grid[:, 1:].size), along
+    assert abs(across) < 5.0 / math.sqrt(grid[1:].size), across
+    # no repeated draws (a broken offset would hand two elements the same counter)
+    assert np.unique(e).size == n
+    return dict(n=n, mean=mean, var=var, ks_p=ks.pvalue, corr_along=along, corr_across=across)
+
+
+def test_torch_path_noise_is_standard_normal(backend):
+    backend("torch")
+    rows, cols = 2000, 100  # 200k draws
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(rows, cols, generator=g), torch.randn(rows, cols, generator=g)
+    z, _ = fastvae.reparameterize(mu, logvar, seed=1234)
+    _check_standard_normal(_recovered_eps(z, mu, logvar), rows, cols)
+
+
+@pytest.mark.interpreter
+def test_triton_path_noise_is_standard_normal(backend):
+    backend("triton")
+    rows, cols = 1024, 64  # 65k draws: about 0.5 s under the interpreter
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(rows, cols, generator=g), torch.randn(rows, cols, generator=g)
+    fastvae.reparameterize(mu[:1], logvar[:1], seed=0)  # the interpreter's one-off set-up, not timed
+    start = time.perf_counter()
+    z, _ = fastvae.reparameterize(mu, logvar, seed=1234)
+    elapsed = time.perf_counter() - start
+    summary = _check_standard_normal(_recovered_eps(z, mu, logvar), rows, cols)
+    print(f"\ninterpreter eps: {summary} in {elapsed:.2f} s")
+
+
+# ---- the Triton path draws exactly Philox4x32-10 + Box-Muller ----
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _philox4x32_10(counters, key):
+    """Philox4x32 with 10 rounds (Salmon et al. 2011), vectorised over counters (uint64 arrays)."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & _M32 for c in counters)
+    k0, k1 = np.uint64(key[0]) & _M32, np.uint64(key[1]) & _M32
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c0, np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & _M32, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _M32
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & _M32, (k1 + np.uint64(0xBB67AE85)) & _M32
+    return c0, c1, c2, c3
+
+
+def test_numpy_philox_matches_random123_known_answers():
+    kat = [
+        ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0], [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+    ]
+    for ctr, key, expected in kat:
+        assert [int(v[0]) for v in _philox4x32_10([np.array([c]) for c in ctr], key)] == expected
+
+
+def _tl_randn(seed: int, offsets: np.ndarray) -> np.ndarray:
+    """tl.randn(seed, offsets): two uint32 of Philox((off_lo, off_hi, 0, 0), (seed_lo, seed_hi))
+    mapped to [0, 1) and through Box-Muller (cos branch)."""
+    off = offsets.astype(np.uint64)
+    s = seed % 2**64
+    zero = np.zeros_like(off)
+    i1, i2, _, _ = _philox4x32_10([off & _M32, off >> np.uint64(32), zero, zero], [s & 0xFFFFFFFF, s >> 32])
+
+    def uniform(i):
+        x = i.astype(np.uint32).view(np.int32).astype(np.int64)
+        return np.where(x < 0, ~x, x) * 4.6566127342e-10
+
+    u1, u2 = np.maximum(1.0e-7, uniform(i1)), uniform(i2)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**62 - 1])
+def test_triton_draws_are_philox_at_row_major_offsets(backend, seed):
+    backend("triton")
+    S, B, Z = 2, 5, 7
+    z, _ = fastvae.reparameterize(torch.zeros(S, B, Z), torch.zeros(S, B, Z), seed=seed)
+    expected = _tl_randn(seed, np.arange(S * B * Z)).reshape(S, B, Z)
+    np.testing.assert_allclose(z.double().numpy(), expected, rtol=0, atol=2e-6)  # float32 transcendental rounding
+    # first_row shifts the rows along the same stream
+    z_tail, _ = fastvae.reparameterize(torch.zeros(3, Z), torch.zeros(3, Z), seed=seed, first_row=4)
+    np.testing.assert_allclose(z_tail.double().numpy(), _tl_randn(seed, np.arange(4 * Z, 7 * Z)).reshape(3, Z), rtol=0, atol=2e-6)
+
+
+# ---- determinism and seeds ----
+
+
+def _inputs(shape=(6, 5), dtype=torch.float32):
+    g = torch.Generator().manual_seed(42)
+    return torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_same_seed_same_z_different_seed_different_z(backend, backend_name):
+    backend(backend_name)
+    mu, logvar = _inputs()
+    z1, kl1 = fastvae.reparameterize(mu, logvar, seed=7)
+    z2, kl2 = fastvae.reparameterize(mu, logvar, seed=7)
+    assert torch.equal(z1, z2) and torch.equal(kl1, kl2)
+    z3, _ = fastvae.reparameterize(mu, logvar, seed=8)
+    assert not torch.isclose(z1, z3).any()  # every element moves
+    e1, e3 = _recovered_eps(z1, mu, logvar), _recovered_eps(z3, mu, logvar)
+    assert abs(np.corrcoef(e1.numpy(), e3.numpy())[0, 1]) < 0.6  # not a shifted copy (30 draws)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_seed_as_int64_tensor_equals_int_seed(backend, backend_name):
+    backend(backend_name)
+    mu, logvar = _inputs()
+    z_int, _ = fastvae.reparameterize(mu, logvar, seed=2**33 + 5)
+    for seed in (torch.tensor([2**33 + 5]), torch.tensor(2**33 + 5)):
+        z_t, _ = fastvae.reparameterize(mu, logvar, seed=seed)
+        assert torch.equal(z_int, z_t)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_manual_seed_makes_seed_none_reproducible(backend, backend_name):
+    backend(backend_name)
+    mu, logvar = _inputs()
+    torch.manual_seed(3)
+    a1, _ = fastvae.reparameterize(mu, logvar)
+    a2, _ = fastvae.reparameterize(mu, logvar)
+    torch.manual_seed(3)
+    b1, _ = fastvae.reparameterize(mu, logvar)
+    b2, _ = fastvae.reparameterize(mu, logvar)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.isclose(a1, a2).any()  # successive calls draw fresh noise
+    torch.manual_seed(4)
+    c1, _ = fastvae.reparameterize(mu, logvar)
+    assert not torch.isclose(a1, c1).any()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_seeded_and_eps_calls_leave_the_global_generator_alone(backend, backend_name):
+    backend(backend_name)
+    mu, logvar = _inputs()
+    state = torch.get_rng_state()
+    fastvae.reparameterize(mu, logvar, seed=1)
+    fastvae.reparameterize(mu, logvar, eps=torch.ones_like(mu))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_eps_is_used_exactly(backend, backend_name, dtype):
+    backend(backend_name)
+    mu, logvar = _inputs((4, 9), dtype)
+    eps = torch.randn(4, 9, generator=torch.Generator().manual_seed(5)).to(dtype)
+    z, _ = fastvae.reparameterize(mu, logvar, eps=eps)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = (mu.to(acc) + torch.exp(0.5 * logvar.to(acc)) * eps.to(acc)).to(dtype)
+    # computed in the accumulation dtype and rounded once: equal up to a last-bit exp difference
+    tol = {torch.float64: 1e-15, torch.float32: 1e-6, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(z, expected, rtol=tol, atol=tol)
+    # zero noise gives z = mu exactly
+    z0, _ = fastvae.reparameterize(mu, logvar, eps=torch.zeros_like(mu))
+    assert torch.equal(z0, mu)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_noise_depends_on_flat_row_not_on_layout(backend, backend_name):
+    """(S, B, Z) inputs draw the noise of their (S*B, Z) flattening; a non-contiguous mu the
+    same noise as its contiguous copy; first_row picks up the stream where a shard starts."""
+    backend(backend_name)
+    mu, logvar = _inputs((6, 5))
+    z2d, _ = fastvae.reparameterize(mu, logvar, seed=9)
+    z3d, _ = fastvae.reparameterize(mu.reshape(2, 3, 5), logvar.reshape(2, 3, 5), seed=9)
+    assert torch.equal(z3d.reshape(6, 5), z2d)
+    mu_t = mu.t().contiguous().t()
+    z_nc, _ = fastvae.reparameterize(mu_t, logvar, seed=9)
+    assert torch.equal(z_nc, z2d)
+    z_shard, _ = fastvae.reparameterize(mu[4:], logvar[4:], seed=9, first_row=4)
+    assert torch.equal(z_shard, z2d[4:])
