@@ -22,6 +22,7 @@ def test_digits_default():
     assert x.dtype == torch.float32 and x.shape == (297, 64) and 0 <= x.min() and x.max() == 1
     x += 1
     assert ds.test.max() == 1.0  # tensor() never aliases the dataset's arrays
+    assert torch.equal(ds.tensor("train", limit=10), torch.from_numpy(ds.train[:10]))
     with ds.batches("cpu", 100, seed=0, binarize="dynamic") as b:
         batch = next(iter(b))
     assert batch.shape == (100, 64) and set(batch.unique().tolist()) <= {0.0, 1.0}

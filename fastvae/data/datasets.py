@@ -57,7 +57,7 @@ _TRAIN_IDX = ("train-images-idx3-ubyte", "train-images.idx3-ubyte")
 _TEST_IDX = ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A training set (and maybe a test set) of flattened examples.
 
@@ -97,9 +97,18 @@ class Dataset:
             return self.test
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
-    def tensor(self, split: Literal["train", "test"] = "test", device: torch.device | str = "cpu") -> torch.Tensor:
-        """A whole split as one float32 (N, D) tensor on ``device`` (for splits that fit in memory)."""
+    def tensor(
+        self, split: Literal["train", "test"] = "test", device: torch.device | str = "cpu", *, limit: int | None = None
+    ) -> torch.Tensor:
+        """A split (its first ``limit`` rows, if given) as one float32 (N, D) tensor on ``device``.
+
+        Only the rows asked for are read, so ``limit`` keeps a huge memory-mapped split out of memory.
+        """
         rows = self.split(split)
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"limit must be a positive int, got {limit!r}")
+            rows = rows[:limit]
         stored = rows_to_device(rows, device)
         if stored.device.type == "cpu" and stored.data_ptr() == rows.__array_interface__["data"][0]:
             stored = stored.clone()  # shares the array's memory: never convert that in place
