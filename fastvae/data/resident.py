@@ -1,8 +1,9 @@
 """Batches from a dataset held whole on the device: each batch is one ``index_select`` there.
 
-The dataset is copied once, in its storage dtype (uint8 pixels stay 1 byte each), in chunks,
-so a memory-mapped file is never materialised on the host. Once per epoch the epoch's
-permutation (CPU, see :mod:`fastvae.data.schedule`) is copied to the device; after that a
+The dataset is copied once, in its storage dtype (uint8 pixels stay 1 byte each), in 64 MiB
+chunks whose mapped pages are released as it goes, so uploading a memory-mapped file to a GPU
+never holds it in host memory. Once per epoch the epoch's permutation (CPU, see
+:mod:`fastvae.data.schedule`) is copied to the device, asynchronously; after that a
 batch costs a slice of that tensor, an ``index_select``, the float conversion and (if asked)
 the binarisation — a few kernel launches, no host work, no DataLoader, no host-device sync.
 
@@ -99,7 +100,11 @@ class DeviceResidentBatches(BatchSource):
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm_epoch != epoch:
             perm = epoch_permutation(self.schedule.num_examples, self.seed, epoch)
-            self._perm = perm.to(self.device)  # once per epoch
+            if self.device.type == "cuda":
+                # From pinned memory, asynchronously: no host-device sync at epoch boundaries (the
+                # caching host allocator keeps the pinned block until the copy has completed).
+                perm = perm.pin_memory()
+            self._perm = perm.to(self.device, non_blocking=True)  # once per epoch
             self._perm_epoch = epoch
         assert self._perm is not None
         return self._perm
