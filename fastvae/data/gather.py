@@ -126,15 +126,21 @@ class PreadGatherer:
 
     def gather(self, sorted_index: np.ndarray) -> np.ndarray:
         m = len(sorted_index)
-        rb, stride, base = self.rows.row_bytes, self.rows.row_stride, self.rows.offset
+        rb, stride = self.rows.row_bytes, self.rows.row_stride
         if stride == rb:  # rows back to back: one read per run of consecutive rows
-            starts = np.flatnonzero(np.diff(sorted_index, prepend=-2) != 1)
-            lengths = np.diff(starts, append=m)
-            for j, length, i in zip(starts.tolist(), lengths.tolist(), sorted_index[starts].tolist()):
-                self._read(j * rb, (j + length) * rb, base + i * stride)
+            first = np.flatnonzero(np.diff(sorted_index, prepend=-2) != 1)
+            starts = (first * rb).tolist()
+            stops = (np.append(first[1:], m) * rb).tolist()
+            positions = (sorted_index[first] * stride + self.rows.offset).tolist()
         else:
-            for j, i in enumerate(sorted_index.tolist()):
-                self._read(j * rb, (j + 1) * rb, base + i * stride)
+            starts = (np.arange(m) * rb).tolist()
+            stops = (np.arange(1, m + 1) * rb).tolist()
+            positions = (sorted_index * stride + self.rows.offset).tolist()
+        fd, view, preadv = self.fd, self.view, os.preadv
+        for start, stop, position in zip(starts, stops, positions):
+            n = preadv(fd, [view[start:stop]], position)
+            if n != stop - start:  # a short read: finish it, or fail naming the file
+                self._read(start + max(n, 0), stop, position + max(n, 0))
         return self.buffer[:m]
 
     def close(self) -> None:
