@@ -41,11 +41,11 @@ def use_triton(device: torch.device) -> bool:
     if not triton_installed():
         raise RuntimeError("FASTVAE_BACKEND=triton but the triton package is not installed")
     if device.type == "cpu" and not interpreter_enabled():
-        raise RuntimeError(
+        raise ValueError(
             "FASTVAE_BACKEND=triton was given CPU tensors: Triton runs on CPU tensors only under its "
             "interpreter; set TRITON_INTERPRET=1 before the first fastvae call, move the tensors to "
             "CUDA, or use FASTVAE_BACKEND=auto"
         )
     if device.type not in ("cpu", "cuda"):
-        raise RuntimeError(f"FASTVAE_BACKEND=triton does not support {device.type} tensors")
+        raise ValueError(f"FASTVAE_BACKEND=triton does not support {device.type} tensors; use FASTVAE_BACKEND=auto or torch")
     return True

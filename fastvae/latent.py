@@ -130,6 +130,8 @@ def reparameterize(
         tensors["seed"] = seed
     elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int, a 1-element int64 tensor or None, got {type(seed).__name__}")
+    elif seed is not None and not -(2**63) <= seed < 2**63:
+        raise ValueError(f"seed must fit in int64 (-2**63 <= seed < 2**63), got {seed}")
     if isinstance(first_row, bool) or not isinstance(first_row, int) or first_row < 0:
         raise ValueError(f"first_row must be a non-negative int, got {first_row!r}")
     device = require_same_device(**tensors)

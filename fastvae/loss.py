@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -43,6 +45,8 @@ class ELBOLoss(nn.Module):
             raise TypeError(f"beta must be a float or a 0-d tensor, got {type(beta).__name__}")
         if isinstance(beta, torch.Tensor) and beta.dim() != 0:
             raise ValueError(f"beta must be a 0-d tensor, got shape {tuple(beta.shape)}")
+        if not isinstance(beta, torch.Tensor) and not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite, non-negative weight of the KL term, got {beta!r}")
         self.likelihood = likelihood
         self.reduction = reduction
         self.beta = beta
@@ -57,10 +61,15 @@ class ELBOLoss(nn.Module):
         ll = log_likelihood(self.likelihood, decoder_out, x)
         require_float_tensor("kl", kl)
         require_same_device(x=x, kl=kl)
-        if not _broadcasts(kl.shape, ll.shape) or torch.broadcast_shapes(kl.shape, ll.shape) != ll.shape:
+        # kl is per example: shaped like the examples, or like their trailing dims (one kl
+        # shared by S samples of each example). A summed (0-d) or size-1 kl would broadcast
+        # silently into a wrong loss, so it is refused.
+        trailing = ll.shape[ll.dim() - kl.dim():] if kl.dim() <= ll.dim() else None
+        if kl.shape != trailing or (kl.dim() == 0 and ll.dim() > 0):
             raise ValueError(
                 f"kl has shape {tuple(kl.shape)} but the examples have shape {tuple(ll.shape)} "
-                f"(x.shape[:-1]); pass the per-example kl from fastvae.reparameterize"
+                f"(decoder output / x broadcast, without the last dim); pass the per-example kl "
+                f"from fastvae.reparameterize, not its sum or mean"
             )
         loss = self.beta * kl - ll
         if self.reduction == "mean":
@@ -72,10 +81,3 @@ class ELBOLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"likelihood={self.likelihood!r}, reduction={self.reduction!r}, beta={self.beta}"
 
-
-def _broadcasts(a: torch.Size, b: torch.Size) -> bool:
-    try:
-        torch.broadcast_shapes(a, b)
-        return True
-    except RuntimeError:
-        return False
