@@ -185,6 +185,10 @@ def resolve_reader(array: np.ndarray, reader: Reader | str) -> tuple[str, FileRo
         raise ValueError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
     if reader == "mmap" or find_mmap(array) is None:
         return "mmap", None
+    if not hasattr(os, "preadv"):  # not on Windows
+        if reader == "pread":
+            raise ValueError("reader='pread' needs os.preadv, which this platform lacks")
+        return "mmap", None
     rows = locate_file_rows(array)
     if rows is None:
         if reader == "pread":
