@@ -92,6 +92,7 @@ def _dataset_mean(per_example, model: VAE, data: torch.Tensor, batch_size: int, 
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for xb in _in_batches(data, batch_size):
-            total += per_example(xb.to(device, torch.float32, non_blocking=True)).double().sum()
+            xb = xb.to(device, non_blocking=True)
+            total += per_example(xb if xb.is_floating_point() else xb.float()).double().sum()
     model.train(was_training)
     return total.item() / max(1, data.shape[0])
