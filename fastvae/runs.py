@@ -38,8 +38,7 @@ def held_out_tensor(dataset: Dataset, config: TrainConfig, device: torch.device,
     """The test rows (the training rows if there is no test set) as the model sees data: float32
     features on ``device``, binarised as in training (thresholded, or one fixed stochastic
     binarisation seeded by the run's seed)."""
-    x = dataset.tensor("test" if dataset.test is not None else "train", device)
-    x = x[:limit] if limit else x
+    x = dataset.tensor("test" if dataset.test is not None else "train", device, limit=limit)
     if config.binarization == "threshold":
         return (x > 0.5).float()
     if config.binarization == "dynamic":
