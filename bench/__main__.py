@@ -22,6 +22,7 @@ from pathlib import Path
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run (auto: cuda when available)")
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--likelihood", action="append", choices=("bernoulli", "gaussian"),
                    help="loss head: only these likelihoods (repeatable)")
     p.add_argument("--dtype", action="append", choices=("fp32", "bf16"), help="loss head: only these dtypes (repeatable)")
+    p.add_argument("--batch", action="append", type=int, metavar="B",
+                   help="loss head: only cases with this batch size (repeatable)")
     p.add_argument("--models", default="paper,examples", help="training: comma-separated models (paper, examples)")
     p.add_argument("--data", default="synthetic", choices=("synthetic", "fashion-mnist"),
                    help="training data: synthetic binary images (default) or Fashion-MNIST thresholded at 0.5")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if args.only in (None, "loss"):
         settings = loss_head.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor")
-        cases = loss_head.select_cases(kind, mode, args.likelihood, args.dtype)
+        cases = loss_head.select_cases(kind, mode, args.likelihood, args.dtype, args.batch)
         loss_rows, _ = loss_head.run(info, settings, cases)
         report.save(out_dir, info, loss_rows, None, fresh=args.fresh and args.only == "loss")
         print()

@@ -428,7 +428,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 
 
 def select_cases(device_kind: str, mode: str, likelihoods: Sequence[str] | None = None,
-                 dtypes: Sequence[str] | None = None) -> list[Case]:
+                 dtypes: Sequence[str] | None = None, batches: Sequence[int] | None = None) -> list[Case]:
     if mode == "tiny":
         cases = tiny_grid()
     elif mode == "quick":
@@ -439,6 +439,8 @@ def select_cases(device_kind: str, mode: str, likelihoods: Sequence[str] | None 
         cases = [c for c in cases if c.likelihood in likelihoods]
     if dtypes:
         cases = [c for c in cases if c.dtype in dtypes]
+    if batches:
+        cases = [c for c in cases if c.B in batches]
     return cases
 
 
