@@ -9,7 +9,6 @@ in a CUDA graph.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -159,21 +158,14 @@ def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor
 
 
 def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: int) -> torch.Tensor:
-    """Standard-normal noise for the torch path, from torch's generator or a seeded one.
+    """The kernel's noise on the torch path: ``tl.randn(seed, first_row * Z + flat index)``.
 
-    Seeded noise is Box-Muller over ``torch.rand``, which fills serially: row r's noise
-    depends only on (seed, r), never on how many rows are drawn — so ``first_row`` lines rows
-    up with the same rows of a larger batch (``torch.randn`` fills in blocks and would not).
+    A pure-torch Philox (``reference.philox_randn_ref``): each element depends only on the seed
+    and its position in the stream, so ``first_row`` lines rows up with the same rows of a
+    larger batch at no extra cost, both backends draw the same noise for the same seed, and
+    the draw traces under ``torch.compile(fullgraph=True)`` (no generator object, no sync).
+    ``seed=None`` draws the seed from torch's generator, as the Triton path does.
     """
-    if seed is None and first_row == 0:
-        return torch.randn_like(mu)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=mu.device)
-        generator.manual_seed(int(seed.item()) if isinstance(seed, torch.Tensor) else seed)
-    n_latent = mu.shape[-1]
-    rows = mu.numel() // n_latent
-    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
-    u = torch.rand((first_row + rows, 2, n_latent), dtype=dtype, device=mu.device, generator=generator)[first_row:]
-    radius = torch.sqrt(-2.0 * torch.log1p(-u[:, 0]))  # 1 - u in (0, 1]: finite
-    return (radius * torch.cos(2.0 * math.pi * u[:, 1])).to(mu.dtype).reshape(mu.shape)
+    seed_tensor = draw_seed(mu.device) if seed is None else _seed_tensor(seed, mu.device)
+    offsets = torch.arange(mu.numel(), dtype=torch.int64, device=mu.device) + first_row * mu.shape[-1]
+    return reference.philox_randn_ref(seed_tensor, offsets).reshape(mu.shape)  # float32, as in the kernel

@@ -39,6 +39,59 @@ def accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+# Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", 2011), the
+# counter-based generator behind Triton's tl.randn, in plain int64 torch ops.
+PHILOX_ROUND_A, PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+PHILOX_KEY_A, PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+PHILOX_ROUNDS = 10
+_U32 = 0xFFFFFFFF
+
+
+def _mulhilo32(k: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of ``k * c`` (k a 32-bit constant, c int64 in [0, 2^32)).
+
+    The product is formed from 16-bit halves of c, so no int64 ever overflows.
+    """
+    low = k * (c & 0xFFFF)  # < 2^48
+    high = k * (c >> 16)  # < 2^48; the product is high * 2^16 + low
+    middle = low + ((high & 0xFFFF) << 16)  # < 2^49
+    return (high >> 16) + (middle >> 32), middle & _U32
+
+
+def _uint32_to_uniform(i: torch.Tensor) -> torch.Tensor:
+    """As Triton's uint_to_uniform_float: the int32 bit pattern, folded to >= 0, times 2^-31 (float32)."""
+    signed = torch.where(i >= 2**31, i - 2**32, i)
+    folded = torch.where(signed < 0, -signed - 1, signed)
+    return folded.to(torch.float32) * 4.6566127342e-10
+
+
+def philox_randn_ref(seed: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Standard-normal float32 noise exactly as the kernels draw it: ``tl.randn(seed, offsets)``.
+
+    Philox4x32-10 with key (seed low word, seed high word) and counter (offset low word,
+    offset high word, 0, 0); its first two outputs become uniforms in [0, 1), and Box-Muller's
+    cosine branch maps them to one normal. Every element depends only on (seed, its offset), so
+    any slice of a stream can be drawn on its own. Agrees with the kernels bit for bit in the
+    integers and to float32 rounding of log / cos in the normals.
+
+    Args:
+        seed: int64 tensor with one element.
+        offsets: int64 tensor of non-negative counters; the result has its shape.
+    """
+    seed = seed.reshape(())
+    k0, k1 = seed & _U32, (seed >> 32) & _U32
+    c0, c1 = offsets & _U32, (offsets >> 32) & _U32
+    c2 = c3 = torch.zeros_like(offsets)
+    for _ in range(PHILOX_ROUNDS):
+        hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + PHILOX_KEY_A) & _U32, (k1 + PHILOX_KEY_B) & _U32
+    u1 = _uint32_to_uniform(c0).clamp_min(1.0e-7)
+    u2 = _uint32_to_uniform(c1)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
+
+
 def kl_standard_normal_ref(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)) per row: -0.5 * sum(1 + lv - mu^2 - exp(lv))."""
     mu, logvar = upcast(mu), upcast(logvar)

@@ -5,9 +5,10 @@ mean has standard error 1/sqrt(n), the sample variance sqrt(2/(n-1)), a sample c
 independent draws 1/sqrt(n); each is checked at 5 standard errors (a false alarm ~ 6e-7 per
 check). The seeds are fixed, so the tests are deterministic.
 
-The Triton path's draws are also checked bit-for-bit against an independent NumPy
-Philox4x32-10 (itself checked against the Random123 known-answer vectors) followed by the
-Box-Muller map of ``tl.randn``: eps at row r, column c is randn(seed, first_row*Z + r*Z + c).
+Both paths draw the same noise: Philox4x32-10 followed by the Box-Muller map of ``tl.randn``,
+eps at row r, column c = randn(seed, first_row*Z + r*Z + c) (the torch path in pure torch ops).
+Both are checked against an independent NumPy Philox4x32-10, itself checked against the
+Random123 known-answer vectors.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def test_triton_path_noise_is_standard_normal(backend):
     print(f"\ninterpreter eps: {summary} in {elapsed:.2f} s")
 
 
-# ---- the Triton path draws exactly Philox4x32-10 + Box-Muller ----
+# ---- both paths draw exactly Philox4x32-10 + Box-Muller ----
 
 _M32 = np.uint64(0xFFFFFFFF)
 
@@ -112,10 +113,11 @@ def _tl_randn(seed: int, offsets: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-@pytest.mark.interpreter
-@pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**62 - 1])
-def test_triton_draws_are_philox_at_row_major_offsets(backend, seed):
-    backend("triton")
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**63 - 1, -5])
+def test_draws_are_philox_at_row_major_offsets(backend, backend_name, seed):
+    """Both paths: the kernel's tl.randn, and the torch path's pure-torch Philox."""
+    backend(backend_name)
     S, B, Z = 2, 5, 7
     z, _ = fastvae.reparameterize(torch.zeros(S, B, Z), torch.zeros(S, B, Z), seed=seed)
     expected = _tl_randn(seed, np.arange(S * B * Z)).reshape(S, B, Z)
@@ -123,6 +125,23 @@ def test_triton_draws_are_philox_at_row_major_offsets(backend, seed):
     # first_row shifts the rows along the same stream
     z_tail, _ = fastvae.reparameterize(torch.zeros(3, Z), torch.zeros(3, Z), seed=seed, first_row=4)
     np.testing.assert_allclose(z_tail.double().numpy(), _tl_randn(seed, np.arange(4 * Z, 7 * Z)).reshape(3, Z), rtol=0, atol=2e-6)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_both_backends_draw_the_same_noise(monkeypatch, dtype):
+    """The same seed gives the same z on the torch path and the Triton path (to float32
+    rounding of log / cos), including seed=None after the same torch.manual_seed."""
+    mu = torch.randn(7, 13, generator=torch.Generator().manual_seed(1)).to(dtype)
+    logvar = torch.randn(7, 13, generator=torch.Generator().manual_seed(2)).to(dtype)
+    z = {}
+    for name in ("torch", "triton"):
+        monkeypatch.setenv("FASTVAE_BACKEND", name)
+        torch.manual_seed(11)
+        z[name] = [fastvae.reparameterize(mu, logvar, seed=77)[0], fastvae.reparameterize(mu, logvar)[0]]
+    tol = {torch.float64: 2e-6, torch.float32: 2e-6, torch.float16: 2e-3}[dtype]
+    for a, b in zip(z["torch"], z["triton"]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 # ---- determinism and seeds ----
