@@ -137,12 +137,14 @@ def _train_section(rows: Sequence[dict]) -> list[str]:
     out = [
         "## Training: samples/s and time to the same ELBO",
         "",
-        "Same data (binary 784-D), model, optimiser and number of samples for every contender. "
-        "`samples_per_s`: steady state, first logging window to the last (start-up and compilation "
-        "excluded), the best of `runs` runs (all in the CSV's `samples_per_s_runs`); `end_to_end_s`: the whole call. `train_elbo`: mean over the last logging window; "
-        "`test_elbo`: one fixed-seed single-sample estimate for every contender. `time_to_target_s`: wall "
-        "time (from the loop's start) at which the windowed train ELBO first reached the lowest final "
-        "train ELBO among the model's contenders; `time_to_target_speedup` = the loop's / this one's.",
+        "Same data (binary 784-D), model, optimiser and number of samples for every contender; run r of "
+        "every contender uses seed r. `samples_per_s`: steady state, first logging window to the last "
+        "(start-up and compilation excluded), the best of `runs` runs (each run's in the CSV); "
+        "`end_to_end_s`: the whole call (fastest run). `train_elbo` (last logging window) and `test_elbo` "
+        "(one fixed-seed single-sample estimate, the same code for every contender): means over the runs. "
+        "`time_to_target_s`: wall time from the loop's start until the windowed train ELBO first reached "
+        "the target, the lowest final train ELBO of any run of the model (so every run reaches it), median "
+        "over runs; `time_to_target_speedup` = the loop's / this one's. Compilation counts in it.",
         "",
     ]
     archs = sorted({(r.get("model"), r.get("arch"), r.get("data")) for r in rows}, key=lambda t: str(t))
