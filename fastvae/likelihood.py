@@ -58,11 +58,13 @@ def _log_likelihood_backward(
 
 @_log_likelihood_backward.register_fake
 def _log_likelihood_backward_fake(likelihood, out, logvar, x, grad_ll, needs_grad):
+    # the kernels write contiguous gradients whatever the inputs' strides
     need_o, need_lv, need_x = needs_grad
+    contiguous = torch.contiguous_format
     return [
-        torch.empty_like(out) if need_o else out.new_empty(0),
-        torch.empty_like(logvar) if need_lv and logvar is not None else out.new_empty(0),
-        torch.empty_like(x) if need_x else out.new_empty(0),
+        torch.empty_like(out, memory_format=contiguous) if need_o else out.new_empty(0),
+        torch.empty_like(logvar, memory_format=contiguous) if need_lv and logvar is not None else out.new_empty(0),
+        torch.empty_like(x, memory_format=contiguous) if need_x else out.new_empty(0),
     ]
 
 
