@@ -37,6 +37,8 @@ def test_tiny_budget_end_to_end(tmp_path):
         for r in per.values():
             assert all(isinstance(row["test"], float) for row in r["curve"])
     assert abs(results["exp4"]["gap_elbo"]) < 0.1
+    # the manifold models are trained (not left at their initialisation, ~ -D log 2 for binary data)
+    assert results["exp3"]["binary"]["test_elbo"] > -64 * 0.6931 + 5
 
 
 def test_orderings_are_computed_from_the_numbers():
@@ -51,6 +53,7 @@ def test_orderings_are_computed_from_the_numbers():
 def test_checkpoints_are_log_spaced_batches():
     at = checkpoints(10_000, 100, 5)
     assert at[0] == 100 and at[-1] == 10_000 and all(a % 100 == 0 for a in at) and at == sorted(set(at))
+    assert checkpoints(10_000, 100, 1) == [10_000]  # one evaluation: at the end
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -95,6 +95,8 @@ def minibatch_indices(n: int, batch_size: int, generator: torch.Generator) -> It
 def checkpoints(total: int, batch_size: int, n_evals: int) -> list[int]:
     """Log-spaced numbers of samples seen (multiples of the batch) at which curves are evaluated."""
     steps = max(1, total // batch_size)
+    if n_evals <= 1:
+        return [steps * batch_size]
     at = np.unique(np.round(np.geomspace(1, steps, n_evals)).astype(int))
     return [int(s) * batch_size for s in at]
 
