@@ -143,15 +143,22 @@ class VAE(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(
-        self, x: torch.Tensor, n_samples: int | None = None, seed: torch.Tensor | int | None = None,
+        self,
+        x: torch.Tensor,
+        n_samples: int | None = None,
+        seed: torch.Tensor | int | None = None,
         first_row: int = 0,
+        eps: torch.Tensor | None = None,
     ) -> VAEOutput:
-        """Encode, draw z (L = ``n_samples`` draws stacked in front: (L, ..., Z)), decode."""
+        """Encode, draw z (L = ``n_samples`` draws stacked in front: (L, ..., Z)), decode.
+
+        ``seed``/``first_row``/``eps`` go to :func:`fastvae.reparameterize`.
+        """
         mu, logvar = self.encoder(x)
         if n_samples is not None:
             mu = mu.expand(n_samples, *mu.shape)
             logvar = logvar.expand(n_samples, *logvar.shape)
-        z, kl = reparameterize(mu, logvar, seed=seed, first_row=first_row)
+        z, kl = reparameterize(mu, logvar, seed=seed, eps=eps, first_row=first_row)
         return VAEOutput(self.decoder(z), kl, z, mu, logvar)
 
     def loss(self, out: VAEOutput, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -32,6 +32,7 @@ from .checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, save_che
 from .data import Dataset, load_dataset
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
 from .evaluation import dataset_elbo
+from .backend import use_triton
 from .latent import draw_seed
 from .metrics_log import MetricsLog
 from .models import VAE, ModelConfig
@@ -110,6 +111,7 @@ class _Trainer:
         # One noise stream shared by all ranks; each rank takes its rows (first_row).
         self.noise = torch.Generator(device=self.device)
         self.noise.manual_seed(cfg.seed + NOISE_SEED_OFFSET)
+        self.kernel_noise = use_triton(self.device)
         self.step = 0
         self.wall_before = 0.0  # wall time of earlier (resumed-from) segments
         if cfg.resume:
@@ -178,14 +180,26 @@ class _Trainer:
         barrier(self.group)
 
     # -- the hot path ------------------------------------------------------------------
-    def _forward_loss(self, x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    def _noise(self) -> dict[str, torch.Tensor | int]:
+        """This step's noise: this rank's rows of one global stream shared by all ranks.
+
+        On the kernel path a seed tensor (eps drawn in-kernel, rows offset by ``first_row``);
+        on the torch path eps itself, drawn for the global batch and sliced (a cheap randn).
+        """
+        first_row = self.group.rank * self.cfg.batch_size
+        if self.kernel_noise:
+            return {"seed": draw_seed(self.device, self.noise), "first_row": first_row}
+        eps = torch.randn((self.global_batch, self.model.cfg.latent_dim), generator=self.noise, device=self.device)
+        return {"eps": eps[first_row:first_row + self.cfg.batch_size]}
+
+    def _forward_loss(self, x: torch.Tensor, noise: dict[str, torch.Tensor | int]) -> torch.Tensor:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
         with autocast:
-            out = self.ddp(x, seed=seed, first_row=self.group.rank * self.cfg.batch_size)
+            out = self.ddp(x, **noise)
             return self.model.loss(out, x, self.beta)
 
-    def _train_step(self, x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-        loss = self.forward_loss(x, seed)
+    def _train_step(self, x: torch.Tensor, noise: dict[str, torch.Tensor | int]) -> torch.Tensor:
+        loss = self.forward_loss(x, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -218,7 +232,7 @@ class _Trainer:
             while self.step < end:
                 x = next(batches)
                 self.beta.fill_(self._kl_weight())
-                loss = self._train_step(x, draw_seed(self.device, self.noise))
+                loss = self._train_step(x, self._noise())
                 self.step += 1
                 window_steps += 1
                 loss_sum += loss
