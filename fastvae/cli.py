@@ -197,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("fastvae: interrupted\n")
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"fastvae: {exc or 'interrupted'}\n")
         return EXIT_INTERRUPTED
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         if os.environ.get("FASTVAE_DEBUG") == "1":

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,31 @@ from .train_config import TrainConfig
 NOISE_SEED_OFFSET = 0x5EED
 # Training length when neither epochs nor samples is given: about a minute on the digits on a CPU.
 DEFAULT_SAMPLES = 2_000_000
+
+
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a request the loop honours at its next logging step (after
+    writing a checkpoint), instead of dying mid-step. A second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.requested, self.signal_name = True, signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -212,73 +239,87 @@ class _Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to the configured length (or ``stop_after`` steps); SIGINT/SIGTERM checkpoint and stop."""
         cfg = self.cfg
-        metrics = MetricsLog(self.out_dir / "metrics.csv")
+        self.metrics = MetricsLog(self.out_dir / "metrics.csv")
         if self.group.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out_dir / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2)), "w")
-            metrics.start(self.step if cfg.resume else None)
-        last_good = self.step if cfg.resume else None
+            self.metrics.start(self.step if cfg.resume else None)
+        self.last_good = self.step if cfg.resume else None
         self.t0 = time.perf_counter()
-        window_start, window_steps = time.perf_counter(), 0
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)
-        train_elbo, test_elbo, rate = float("nan"), None, 0.0
+        self.window_start, self.window_steps = self.t0, 0
+        self.loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)
+        self.train_elbo, self.test_elbo, self.rate = float("nan"), None, 0.0
         end = self.steps if stop_after is None else min(self.steps, stop_after)
-        bar = tqdm(total=self.steps, initial=self.step, unit="step", disable=None if self.group.is_main else True,
-                   desc=f"fastvae {self.dataset.name}")
+        self.bar = tqdm(total=self.steps, initial=self.step, unit="step", disable=None if self.group.is_main else True,
+                        desc=f"fastvae {self.dataset.name}")
         batches = self.batches.stream()
-        try:
-            while self.step < end:
-                x = next(batches)
-                self.beta.fill_(self._kl_weight())
-                loss = self._train_step(x, self._noise())
-                self.step += 1
-                window_steps += 1
-                loss_sum += loss
-                first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, self.step)
-                bar.update(1)
-                evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
-                checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == end
-                if not (self.step % cfg.log_every == 0 or evaluate or checkpoint):
-                    continue
-                if self.group.distributed:  # every rank stops together, on the global mean
-                    dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-                    dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-                    loss_sum /= self.group.world_size
-                bad_step = int(first_bad.item())  # the one host sync of a logging step
-                if bad_step >= 0:
-                    where = f"the last good checkpoint (step {last_good}) is intact in {self.out_dir}" \
-                        if last_good is not None else "no checkpoint was written yet"
-                    raise NonFiniteLossError(f"non-finite loss at step {bad_step}; stopping: {where}")
-                now = time.perf_counter()
-                rate = window_steps * self.global_batch / max(now - window_start, 1e-9)
-                train_elbo = -loss_sum.item() / window_steps
-                test_elbo = None
-                if evaluate and self.test_data is not None and self.group.is_main:
-                    test_elbo = dataset_elbo(self.model, self.test_data)
-                if self.group.is_main:
-                    metrics.append(step=self.step, samples_seen=self.step * self.global_batch, train_elbo=train_elbo,
-                                   test_elbo=test_elbo, samples_per_s=rate,
-                                   wall_time_s=self.wall_before + now - self.t0)
-                bar.set_postfix(elbo=f"{train_elbo:.2f}", samples_s=f"{rate:,.0f}",
-                                **({"test_elbo": f"{test_elbo:.2f}"} if test_elbo is not None else {}))
-                if checkpoint:
-                    self.save()
-                    last_good = self.step
-                loss_sum.zero_()
-                window_start, window_steps = time.perf_counter(), 0
-        finally:
-            bar.close()
-            close = getattr(self.batches, "close", None)
-            if close is not None:
-                close()
+        with _StopRequests() as stop:
+            try:
+                while self.step < end:
+                    self.beta.fill_(self._kl_weight())
+                    loss = self._train_step(next(batches), self._noise())
+                    self.step += 1
+                    self.window_steps += 1
+                    self.loss_sum += loss
+                    self.first_bad = torch.where(torch.isfinite(loss) | (self.first_bad >= 0), self.first_bad, self.step)
+                    self.bar.update(1)
+                    evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
+                    checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == end
+                    if self.step % cfg.log_every == 0 or evaluate or checkpoint or stop.requested:
+                        stopping = self._agree(stop.requested)
+                        self._log(evaluate)
+                        if checkpoint or stopping:
+                            self.save()
+                            self.last_good = self.step
+                        if stopping:
+                            raise KeyboardInterrupt(f"stopped by {stop.signal_name} at step {self.step}; "
+                                                    f"checkpoint written to {self.out_dir / CHECKPOINT_NAME}")
+            finally:
+                self.bar.close()
+                self.batches.close()
         if self.group.is_main and self.step == self.steps:
             self.export_weights()
-        if self.test_data is not None and test_elbo is None and self.group.is_main:
-            test_elbo = dataset_elbo(self.model, self.test_data)
-        return TrainResult(self.out_dir, self.step, self.step * self.global_batch, train_elbo, test_elbo, rate,
-                           self.wall_before + time.perf_counter() - self.t0)
+        if self.test_data is not None and self.test_elbo is None and self.group.is_main:
+            self.test_elbo = dataset_elbo(self.model, self.test_data)
+        return TrainResult(self.out_dir, self.step, self.step * self.global_batch, self.train_elbo, self.test_elbo,
+                           self.rate, self.wall_before + time.perf_counter() - self.t0)
+
+    def _agree(self, stop_requested: bool) -> bool:
+        """Reduce the step window across ranks; raise on a non-finite loss; True if any rank must stop."""
+        flags = torch.tensor([float(stop_requested)], device=self.device)
+        if self.group.distributed:  # every rank stops together, on the global mean
+            dist.all_reduce(self.first_bad, op=dist.ReduceOp.MAX)
+            dist.all_reduce(self.loss_sum, op=dist.ReduceOp.SUM)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            self.loss_sum /= self.group.world_size
+        bad_step = int(self.first_bad.item())  # the one host sync of a logging step
+        if bad_step >= 0:
+            where = (f"the last good checkpoint (step {self.last_good}) is intact in {self.out_dir}"
+                     if self.last_good is not None else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"non-finite loss at step {bad_step}; stopping: {where}")
+        return bool(flags.item())
+
+    def _log(self, evaluate: bool) -> None:
+        """Append a metrics row (with the test ELBO when ``evaluate``) and update the progress bar."""
+        now = time.perf_counter()
+        self.rate = self.window_steps * self.global_batch / max(now - self.window_start, 1e-9)
+        self.train_elbo = -self.loss_sum.item() / self.window_steps
+        self.test_elbo = None
+        if evaluate and self.test_data is not None and self.group.is_main:
+            self.test_elbo = dataset_elbo(self.model, self.test_data)
+        if self.group.is_main:
+            self.metrics.append(step=self.step, samples_seen=self.step * self.global_batch,
+                                train_elbo=self.train_elbo, test_elbo=self.test_elbo, samples_per_s=self.rate,
+                                wall_time_s=self.wall_before + now - self.t0)
+        shown = {"elbo": f"{self.train_elbo:.2f}", "samples_s": f"{self.rate:,.0f}"}
+        if self.test_elbo is not None:
+            shown["test_elbo"] = f"{self.test_elbo:.2f}"
+        self.bar.set_postfix(shown)
+        self.loss_sum.zero_()
+        self.window_start, self.window_steps = time.perf_counter(), 0
 
     def export_weights(self) -> None:
         """The trained weights as safetensors (readable without fastvae) beside the checkpoint."""
