@@ -95,7 +95,9 @@ def reparameterize(
         mu, logvar: the encoder's outputs, shape (..., Z), same dtype.
         seed: seed of the noise; ``None`` draws one from torch's generator (so
             ``torch.manual_seed`` makes runs reproducible). An int or a 1-element int64
-            tensor. The same seed gives the same z on a given backend.
+            tensor (int64 range). The same seed gives the same z on a given backend, and
+            the same z to float32 rounding on the other: both draw Philox4x32-10 noise at
+            offset ``first_row * Z + flat index`` (``reference.philox_randn_ref``).
         eps: explicit standard-normal noise shaped like ``mu``; then nothing is drawn.
         first_row: the rows draw the noise of rows ``first_row, first_row + 1, ...`` of the
             seed's stream (rows counted over the flattened leading dims). Data-parallel ranks
