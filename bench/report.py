@@ -104,6 +104,9 @@ def _loss_section(info: common.DeviceInfo, rows: Sequence[dict]) -> list[str]:
                        f"(range x{common.format_value(min(r.get('speedup_vs_compile') or 0 for r in sel))}"
                        f"-x{common.format_value(max(r.get('speedup_vs_compile') or 0 for r in sel))}) "
                        f"over {len(sel)} cases")
+    out.append("")
+    out.append(common.markdown_table(compact_summary(rows), COMPACT_COLUMNS))
+    out.append("")
     losing = [r for r in f_rows if "LOSES" in str(r.get("flag") or "")]
     out.append(f"- fastvae loses in {len(losing)} of {len(f_rows)} (case, pass) rows")
     interp = [r for r in rows if r.get("contender") == loss_head.INTERP]
@@ -130,6 +133,28 @@ def _loss_section(info: common.DeviceInfo, rows: Sequence[dict]) -> list[str]:
                        f"{common.format_value(e.get('kernels'))}/{common.format_value(c.get('kernels'))}/"
                        f"{common.format_value(r.get('kernels'))} | {r['flag']} |")
         out.append("")
+    return out
+
+
+COMPACT_COLUMNS = ["likelihood", "dtype", "cases", "fwd x_vs_eager", "fwd x_vs_compile",
+                   "fwd+bwd x_vs_eager", "fwd+bwd x_vs_compile"]
+
+
+def compact_summary(rows: Sequence[dict]) -> list[dict]:
+    """Geometric-mean speed-ups of fastvae per (likelihood, dtype) over the batch/feature sizes."""
+    out = []
+    f_rows = [r for r in rows if r.get("contender") == "fastvae" and r.get("median_ms")]
+    for lik in loss_head.LIKELIHOODS:
+        for dt in loss_head.DTYPES:
+            sel = [r for r in f_rows if r.get("likelihood") == lik and r.get("dtype") == dt]
+            if not sel:
+                continue
+            row = {"likelihood": lik, "dtype": dt, "cases": len({loss_head._case_key(r)[:-1] for r in sel})}
+            for pass_ in loss_head.PASSES:
+                for other in ("eager", "compile"):
+                    row[f"{pass_} x_vs_{other}"] = common.geomean(
+                        r.get(f"speedup_vs_{other}") for r in sel if r["pass"] == pass_)
+            out.append(row)
     return out
 
 
