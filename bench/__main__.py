@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: 2 for full CPU runs, else 1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs; default: torch's choice)")
     p.add_argument("--out", type=Path, help="output folder (default: bench/results, or bench/results/scratch for --quick/--tiny)")
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: re-render the device's markdown from its CSV files")
     p.add_argument("--fresh", action="store_true", help="replace the device's result files instead of merging into them")
     return p.parse_args(argv)
 
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fastvae bench: {info.name} | torch {info.torch} | triton {info.triton} | {info.date} | "
           f"mode {mode} | threads {info.threads}")
     started = time.perf_counter()
+    if args.render_only:
+        files = report.save(out_dir, info, None, None, command=_last_command(out_dir, info))
+        print(f"rendered {files['md']}")
+        return 0
     loss_rows = train_rows = None
     if args.only in (None, "train"):
         models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -107,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(errors)} contender run(s) failed; see the ERROR flags above", file=sys.stderr)
         return 1
     return 0
+
+
+def _last_command(out_dir: Path, info) -> str | None:
+    """The command recorded in the existing markdown (a re-render keeps it)."""
+    md = Path(out_dir) / f"{info.slug}.md"
+    if md.exists():
+        for line in md.read_text().splitlines():
+            if line.startswith("- last command: `"):
+                return line.split("`")[1]
+    return None
 
 
 if __name__ == "__main__":
