@@ -131,14 +131,14 @@ def test_draws_are_philox_at_row_major_offsets(backend, backend_name, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
 def test_both_backends_draw_the_same_noise(monkeypatch, dtype):
     """The same seed gives the same z on the torch path and the Triton path (to float32
-    rounding of log / cos), including seed=None after the same torch.manual_seed."""
+    rounding of log / cos). (seed=None is not compared: the torch path then uses randn_like.)"""
     mu = torch.randn(7, 13, generator=torch.Generator().manual_seed(1)).to(dtype)
     logvar = torch.randn(7, 13, generator=torch.Generator().manual_seed(2)).to(dtype)
     z = {}
     for name in ("torch", "triton"):
         monkeypatch.setenv("FASTVAE_BACKEND", name)
         torch.manual_seed(11)
-        z[name] = [fastvae.reparameterize(mu, logvar, seed=77)[0], fastvae.reparameterize(mu, logvar)[0]]
+        z[name] = [fastvae.reparameterize(mu, logvar, seed=77)[0], fastvae.reparameterize(mu, logvar, seed=78, first_row=3)[0]]
     tol = {torch.float64: 2e-6, torch.float32: 2e-6, torch.float16: 2e-3}[dtype]
     for a, b in zip(z["torch"], z["triton"]):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
