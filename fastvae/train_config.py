@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .likelihood import LIKELIHOODS
@@ -57,7 +57,6 @@ class TrainConfig:
     eval_every: int = 1000
     checkpoint_every: int = 1000
     eval_examples: int = 10000  # test examples used by the periodic test-ELBO evaluation
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         choices = {

@@ -14,7 +14,6 @@ batch N*M computes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -25,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 import torch.distributed as dist
+from safetensors.torch import save as safetensors_bytes
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .backend import use_triton
 from .checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
 from .evaluation import dataset_elbo
-from .backend import use_triton
 from .latent import draw_seed
 from .metrics_log import MetricsLog
 from .models import VAE, ModelConfig
@@ -124,6 +123,11 @@ class _Trainer:
             raise ValueError(
                 f"the training set has {self.n_train} examples, fewer than one global batch "
                 f"({cfg.batch_size} x {group.world_size} processes)"
+            )
+        if dataset.kind == "real" and cfg.likelihood != "gaussian":
+            raise ValueError(
+                f"--data {cfg.data}: the values are not in [0, 1], so likelihood={cfg.likelihood!r} does not apply; "
+                "use --likelihood gaussian"
             )
         self.steps = total_steps(cfg, self.n_train, self.global_batch)
 

@@ -90,6 +90,12 @@ def test_corrupt_data_file_and_checkpoint(tmp_path, capsys):
     assert "not a readable fastvae checkpoint" in capsys.readouterr().err
 
 
+def test_real_valued_data_with_a_bernoulli_likelihood_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32))
+    assert main(["train", "--data", str(tmp_path / "real.npy"), *TINY, "--out", str(tmp_path / "r")]) == 1
+    assert "use --likelihood gaussian" in capsys.readouterr().err
+
+
 def test_resume_without_checkpoint(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(tmp_path / "empty"), "--resume"]) == 1
     assert "no checkpoint" in capsys.readouterr().err

@@ -59,7 +59,11 @@ def binary_data(spec: str | None, budget: Budget, device: str) -> Split:
             raise
         ds = load_dataset("digits")
     train = threshold_binarize(ds.tensor("train", device))
-    test = threshold_binarize(ds.tensor("test", device)) if ds.test is not None else train[-1000:]
+    if ds.test is not None:
+        test = threshold_binarize(ds.tensor("test", device))
+    else:  # no test split: hold out the last rows (at most 1000, at most a fifth)
+        n_test = min(1000, train.shape[0] // 5)
+        train, test = train[:-n_test], train[-n_test:]
     if budget.binary_train_limit is not None:
         train = train[: budget.binary_train_limit]
     shape = tuple(ds.example_shape)
