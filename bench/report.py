@@ -36,17 +36,14 @@ def save(out_dir: Path, info: common.DeviceInfo, loss_rows: Sequence[dict] | Non
 CPU_LOSS_NOTE = """\
 **Why fastvae loses on the CPU.** With `FASTVAE_BACKEND=auto`, CPU tensors take fastvae's
 plain-torch reference path: the readable oracle the Triton kernels are tested against, not a
-CPU kernel. (1) The noise: to give the same `z` as the kernel for a seed, the torch path
-draws `eps` with a Philox4x32-10 + Box-Muller written in int64 torch ops, a few hundred ATen
-ops over B x Z where eager calls one `randn_like` (see the `kernels` column: ATen ops
-dispatched per call; a compiled region counts only the ops left outside its generated code).
-(2) The likelihood: `x*l - softplus(l)` and the row sum are separate ops, each with a
-full-size temporary that autograd saves and replays; bf16 inputs are first upcast to fp32 (a
-full copy of every input), so bf16 loses most. Eager's `binary_cross_entropy_with_logits`
-is a few ops with in-place steps; `torch.compile` fuses the whole loss into one or two C++
-loops. (3) Python input checks (tens of microseconds) dominate at B=100. The fused
-single-pass kernels are what fastvae ships for CUDA; these CPU rows measure the reference
-path, not them."""
+CPU kernel. The likelihood is `x*l - softplus(l)` (Gaussian: `x - m`, square, `exp(-lv)`,
+product) and a row sum, each a separate op with a full-size temporary that autograd saves and
+replays (the `kernels` column: ATen ops dispatched per call; a compiled region counts only the
+ops left outside its generated code). bf16 inputs are first upcast to fp32, a full copy of
+every input, so bf16 loses most. Eager's `binary_cross_entropy_with_logits` is a few ops with
+in-place steps; `torch.compile` fuses the whole loss into one or two C++ loops. Python input
+checks (tens of microseconds) show at B=100. The fused single-pass kernels are what fastvae
+ships for CUDA; these CPU rows measure the reference path, not them."""
 
 GPU_LOSS_NOTE = """\
 **Reading the GPU rows.** `fastvae` runs the fused Triton kernels: the latent head reads
