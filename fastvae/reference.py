@@ -3,8 +3,8 @@
 This is the oracle the Triton kernels are tested against, the path CPU tensors take
 with the ``auto`` backend, and the baseline the benchmarks import. Every function
 upcasts half-precision inputs to float32 (float64 stays float64), so results are
-accumulated exactly as the kernels accumulate them. All functions are
-differentiable with plain autograd.
+accumulated exactly as the kernels accumulate them. The heads are autograd.Functions
+with the kernels' closed-form backward (float64 gradcheck in tests/test_gradients.py).
 
 >>> mu, logvar = torch.zeros(3, 2), torch.zeros(3, 2)
 >>> kl_standard_normal_ref(mu, logvar)
@@ -98,6 +98,56 @@ def kl_standard_normal_ref(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
+# The heads below are torch.autograd.Functions whose backward is the closed-form gradient
+# (the same math as the kernels in fastvae.kernels): autograd through the elementwise chain
+# would save a full-size temporary per op and replay each op backward. Each forward computes
+# in the accumulation dtype (half precision upcast once to float32) and returns results in
+# it; each backward computes the input gradients in that dtype, sums them over broadcast
+# dims, and rounds them once to the input's dtype.
+
+
+def _to_input(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A gradient computed at the broadcast shape, summed to an input's shape and rounded once to its dtype."""
+    return grad.sum_to_size(shape).to(dtype)
+
+
+class _Reparameterize(torch.autograd.Function):
+    """z = mu + exp(lv/2) * eps,  kl = 0.5 * sum(mu^2 + exp(lv) - 1 - lv) per row.
+
+    Backward, with gz = dL/dz, gkl = dL/dkl (per row):
+        dL/dmu  = gz + gkl * mu
+        dL/dlv  = 0.5 * gz * (z - mu) + 0.5 * gkl * (exp(lv) - 1),   z - mu = exp(lv/2) * eps
+        dL/deps = gz * exp(lv/2)
+    """
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps):
+        acc = accumulation_dtype(mu, logvar)
+        m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
+        std = torch.exp(0.5 * lv)
+        z = torch.addcmul(m, std, e)
+        kl = kl_standard_normal_ref(m, lv)
+        ctx.save_for_backward(m, std, e)
+        ctx.inputs = [(t.shape, t.dtype) for t in (mu, logvar, eps)]
+        return z.to(mu.dtype), kl
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_kl):
+        m, std, e = ctx.saved_tensors
+        gz, gkl = grad_z.to(m.dtype), grad_kl.unsqueeze(-1)
+        need_mu, need_lv, need_eps = ctx.needs_input_grad
+        grad_mu = grad_lv = grad_eps = None
+        if need_mu:
+            grad_mu = _to_input(torch.addcmul(gz, gkl, m), *ctx.inputs[0])
+        if need_lv or need_eps:
+            gz_std = gz * std
+            if need_lv:
+                grad_lv = _to_input(0.5 * (gz_std * e + gkl * (std.square() - 1.0)), *ctx.inputs[1])
+            if need_eps:
+                grad_eps = _to_input(gz_std, *ctx.inputs[2])
+        return grad_mu, grad_lv, grad_eps
+
+
 def reparameterize_ref(
     mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,25 +156,93 @@ def reparameterize_ref(
     mu and logvar are upcast once, so that in half precision their gradients from z and
     from the KL are summed in float32 and rounded once (as the kernel does).
     """
-    dtype = mu.dtype
-    mu, logvar = upcast(mu), upcast(logvar)
-    z = mu + torch.exp(0.5 * logvar) * upcast(eps)
-    return z.to(dtype), kl_standard_normal_ref(mu, logvar)
+    return _Reparameterize.apply(mu, logvar, eps)
+
+
+class _LogitLikelihood(torch.autograd.Function):
+    """ll = sum(x*l - softplus(l)) per row (Bernoulli), plus sum(log C(l)) if continuous.
+
+    Backward, with g = dL/dll (per row):
+        dL/dl = g * (x - sigmoid(l))   [continuous Bernoulli: + g * (1/l - 1/sinh(l))]
+        dL/dx = g * l
+    """
+
+    @staticmethod
+    def forward(ctx, logits, x, continuous: bool):
+        acc = accumulation_dtype(logits, x)
+        l, xa = logits.to(acc), x.to(acc)
+        # sum(x*l) as a dot product: no full-size temporary
+        ll = torch.linalg.vecdot(xa, l) - F.softplus(l).sum(-1)
+        if continuous:
+            ll = ll + continuous_bernoulli_log_norm_ref(l).sum(-1)
+        ctx.continuous = continuous
+        ctx.save_for_backward(l, xa)
+        ctx.inputs = [(t.shape, t.dtype) for t in (logits, x)]
+        return ll
+
+    @staticmethod
+    def backward(ctx, grad_ll):
+        l, xa = ctx.saved_tensors
+        g = grad_ll.unsqueeze(-1)
+        grad_logits = grad_x = None
+        if ctx.needs_input_grad[0]:
+            dl = xa - torch.sigmoid(l)
+            if ctx.continuous:
+                dl += continuous_bernoulli_log_norm_grad_ref(l)
+            grad_logits = _to_input(dl.mul_(g), *ctx.inputs[0])
+        if ctx.needs_input_grad[1]:
+            grad_x = _to_input(g * l, *ctx.inputs[1])
+        return grad_logits, grad_x, None
 
 
 def bernoulli_log_likelihood_ref(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum(x * l - softplus(l)) per row: Bernoulli(logits=l).log_prob(x).sum(-1), stable for any finite l."""
-    logits, x = upcast(logits), upcast(x)
-    return (x * logits - F.softplus(logits)).sum(-1)
+    return _LogitLikelihood.apply(logits, x, False)
+
+
+class _GaussianLikelihood(torch.autograd.Function):
+    """ll = sum(-0.5 * (log 2pi + lv + (x - m)^2 exp(-lv))) per row.
+
+    Backward, with g = dL/dll (per row), d = x - m, w = exp(-lv):
+        dL/dm  = g * d * w
+        dL/dlv = 0.5 * g * (d^2 * w - 1)
+        dL/dx  = -dL/dm
+    """
+
+    @staticmethod
+    def forward(ctx, mean, logvar, x):
+        acc = accumulation_dtype(mean, logvar, x)
+        m, lv, xa = mean.to(acc), logvar.to(acc), x.to(acc)
+        d = xa - m
+        w = torch.exp(-lv)
+        # lv + d^2 w broadcasts lv ((D,), 0-d or like x) to the rows
+        ll = -0.5 * (torch.addcmul(lv, d.square(), w).sum(-1) + d.shape[-1] * LOG_2PI)
+        ctx.save_for_backward(d, w)
+        ctx.inputs = [(t.shape, t.dtype) for t in (mean, logvar, x)]
+        return ll
+
+    @staticmethod
+    def backward(ctx, grad_ll):
+        d, w = ctx.saved_tensors
+        g = grad_ll.unsqueeze(-1)
+        need_mean, need_lv, need_x = ctx.needs_input_grad
+        grad_mean = grad_lv = grad_x = None
+        dw = d * w
+        if need_lv:
+            grad_lv = _to_input((dw * d).sub_(1.0).mul_(0.5 * g), *ctx.inputs[1])
+        dw.mul_(g)  # dL/dm
+        if need_mean:
+            grad_mean = _to_input(dw, *ctx.inputs[0])
+        if need_x:
+            grad_x = _to_input(-dw, *ctx.inputs[2])
+        return grad_mean, grad_lv, grad_x
 
 
 def gaussian_log_likelihood_ref(
     mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
     """sum(-0.5 * (log 2pi + lv + (x - m)^2 exp(-lv))) per row: Normal(m, exp(lv/2)).log_prob(x).sum(-1)."""
-    mean, logvar, x = upcast(mean), upcast(logvar), upcast(x)
-    elementwise = -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar))
-    return elementwise.sum(-1)
+    return _GaussianLikelihood.apply(mean, logvar, x)
 
 
 def continuous_bernoulli_log_norm_ref(logits: torch.Tensor) -> torch.Tensor:
@@ -143,7 +261,21 @@ def continuous_bernoulli_log_norm_ref(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(small, taylor, exact)
 
 
+def continuous_bernoulli_log_norm_grad_ref(logits: torch.Tensor) -> torch.Tensor:
+    """d/dl log C(l) elementwise: 1/l - 1/sinh(l), an odd function of l.
+
+    Near 0 (t = l^2): l (1/6 - 7t/360 + 31t^2/15120 - 127t^3/604800 + 73t^4/3421440).
+    """
+    l = upcast(logits)
+    cutoff = CB_TAYLOR_CUTOFF_F64 if l.dtype == torch.float64 else CB_TAYLOR_CUTOFF_F32
+    small = l.abs() < cutoff
+    safe = torch.where(small, torch.ones_like(l), l)
+    exact = safe.reciprocal() - torch.sinh(safe).reciprocal()  # 1/sinh overflows to 0: fine
+    t = l.square()
+    taylor = l * (1.0 / 6.0 + t * (-7.0 / 360.0 + t * (31.0 / 15120.0 + t * (-127.0 / 604800.0 + t * (73.0 / 3421440.0)))))
+    return torch.where(small, taylor, exact)
+
+
 def continuous_bernoulli_log_likelihood_ref(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """ContinuousBernoulli(logits=l).log_prob(x).sum(-1) = sum(x*l - softplus(l) + log C(l))."""
-    logits, x = upcast(logits), upcast(x)
-    return (x * logits - F.softplus(logits) + continuous_bernoulli_log_norm_ref(logits)).sum(-1)
+    return _LogitLikelihood.apply(logits, x, True)
