@@ -118,12 +118,10 @@ def _add_plot(sub) -> None:
 
 
 def _add_paper(sub) -> None:
-    p = sub.add_parser("paper", help="reproduce the AEVB paper's experiments into OUT/report.md")
-    p.add_argument("--budget", choices=("tiny", "quick", "full"), default="quick",
-                   help="tiny (seconds), quick (~15 min on 2 CPU cores), full (paper-sized, for a GPU) (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("runs/paper"), help="(default: %(default)s)")
-    p.add_argument("--data", default=None, help="binary dataset (default: fashion-mnist when installed, else digits)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    from .paper.__main__ import DESCRIPTION, add_arguments
+
+    add_arguments(sub.add_parser("paper", help="reproduce the AEVB paper's experiments into OUT/report.md",
+                                 description=DESCRIPTION))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,9 +166,9 @@ def _run(args: argparse.Namespace) -> int:
         for path in plot_run(args.run_dir, device=args.device):
             print(path)
     elif args.command == "paper":
-        from .paper.report import run_paper
+        from .paper.__main__ import run_from_args
 
-        print(run_paper(args.budget, args.out, device=args.device, data=args.data))
+        print(run_from_args(args))
     return 0
 
 

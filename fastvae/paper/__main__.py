@@ -9,12 +9,12 @@ from pathlib import Path
 from .budgets import BUDGETS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fastvae.paper",
-        description="Reproduce Kingma & Welling (2014): AEVB vs wake-sleep vs Monte Carlo EM, the latent-size sweep, "
-                    "2-D manifolds, and an exact PPCA check. Writes DIR/report.md with PNG figures.",
-    )
+DESCRIPTION = ("Reproduce Kingma & Welling (2014): AEVB vs wake-sleep vs Monte Carlo EM, the latent-size sweep, "
+               "2-D manifolds, and an exact PPCA check. Writes DIR/report.md with PNG figures.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The paper command's flags (shared by ``python -m fastvae.paper`` and ``fastvae paper``)."""
     p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
                    help="tiny: seconds (CI); quick: ~15 min on 2 CPU cores; full: paper-sized, for a GPU (default: quick)")
     p.add_argument("--out", type=Path, required=True, help="output directory for report.md, figures and results.json")
@@ -26,21 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real-valued dataset, e.g. a Frey Face .npy in [0, 1] (default: the embedded digits, dequantised)")
     p.add_argument("--experiments", default="1,2,3,4", help="comma-separated subset of 1,2,3,4 (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastvae.paper", description=DESCRIPTION)
+    add_arguments(p)
     return p
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    """Run the experiments the parsed flags ask for; ValueError for a bad --experiments list."""
+    try:
+        experiments = tuple(int(e) for e in args.experiments.split(",") if e.strip())
+    except ValueError:
+        raise ValueError(f"--experiments must be comma-separated integers, got {args.experiments!r}") from None
+    from .run import run_paper
+
+    return run_paper(args.budget, args.out, device=args.device, data=args.data, real=args.real_data,
+                     experiments=experiments, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        experiments = tuple(int(e) for e in args.experiments.split(",") if e.strip())
-    except ValueError:
-        print(f"error: --experiments must be comma-separated integers, got {args.experiments!r}", file=sys.stderr)
-        return 2
-    from .run import run_paper
-
-    try:
-        path = run_paper(args.budget, args.out, device=args.device, data=args.data, real=args.real_data,
-                         experiments=experiments, threads=args.threads)
+        path = run_from_args(args)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
