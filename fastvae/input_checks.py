@@ -57,8 +57,11 @@ def broadcast_rows(**tensors: torch.Tensor) -> torch.Size:
                 f"{name} has last dimension {sizes[name]} but {first} has {sizes[first]} "
                 f"(shapes {tuple(tensors[name].shape)} and {tuple(tensors[first].shape)})"
             )
+    shapes = [t.shape for t in tensors.values()]
+    if all(shape == shapes[0] for shape in shapes[1:]):
+        return shapes[0]  # the common case, without torch.broadcast_shapes' ~10 us per call
     try:
-        return torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+        return torch.broadcast_shapes(*shapes)
     except RuntimeError:
         shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
         raise ValueError(f"shapes do not broadcast: {shapes}") from None
