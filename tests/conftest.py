@@ -26,6 +26,15 @@ def backend(monkeypatch):
     return select
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
     for item in items:

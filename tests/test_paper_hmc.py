@@ -8,13 +8,7 @@ import torch
 from fastvae.paper.hmc import HMC, log_prob_and_grad
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # a correlated 2-D Gaussian with very different scales along its axes
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)

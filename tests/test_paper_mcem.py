@@ -10,13 +10,7 @@ from fastvae.paper.marginal import hmc_proposal_log_px, prior_proposal_log_px
 from fastvae.paper.mcem import MonteCarloEM, log_joint, make_decoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_data(n=200, d=16, seed=0):

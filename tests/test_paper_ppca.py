@@ -19,13 +19,7 @@ from fastvae.paper.ppca import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_exact_log_likelihood_matches_scipy():

@@ -11,13 +11,7 @@ from fastvae.paper.experiments import checkpoints
 from fastvae.paper.report import orderings
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one intra-op thread (2-thread OpenMP on a busy 2-core box is ~7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_budget_end_to_end(tmp_path):
