@@ -34,16 +34,16 @@ def save(out_dir: Path, info: common.DeviceInfo, loss_rows: Sequence[dict] | Non
 
 
 CPU_LOSS_NOTE = """\
-**Why fastvae loses on the CPU.** With `FASTVAE_BACKEND=auto`, CPU tensors take fastvae's
-plain-torch reference path: the readable oracle the Triton kernels are tested against, not a
-CPU kernel. The likelihood is `x*l - softplus(l)` (Gaussian: `x - m`, square, `exp(-lv)`,
-product) and a row sum, each a separate op with a full-size temporary that autograd saves and
-replays (the `kernels` column: ATen ops dispatched per call; a compiled region counts only the
-ops left outside its generated code). bf16 inputs are first upcast to fp32, a full copy of
-every input, so bf16 loses most. Eager's `binary_cross_entropy_with_logits` is a few ops with
-in-place steps; `torch.compile` fuses the whole loss into one or two C++ loops. Python input
-checks (tens of microseconds) show at B=100. The fused single-pass kernels are what fastvae
-ships for CUDA; these CPU rows measure the reference path, not them."""
+**Where fastvae loses on the CPU.** With `FASTVAE_BACKEND=auto`, CPU tensors take fastvae's
+torch path (`fastvae/reference.py`), not a CPU kernel: each head is an `autograd.Function`
+whose forward is a few ATen ops (Bernoulli: `vecdot(x, l) - softplus(l).sum(-1)`) and whose
+backward is the kernels' closed-form gradient, so fp32 at large B is on par with or faster
+than eager. It still loses where: bf16 inputs are upcast to fp32 (a full copy each) and
+computed in fp32, as the contract requires, while eager computes in bf16; at B=100 the input
+checks and Python autograd.Function calls (tens of microseconds) show; and `torch.compile`
+fuses the whole loss into one or two C++ loops (the `kernels` column: ATen ops dispatched per
+call; a compiled region counts only the ops left outside its generated code). The fused
+single-pass kernels are what fastvae ships for CUDA; these CPU rows measure the torch path."""
 
 GPU_LOSS_NOTE = """\
 **Reading the GPU rows.** `fastvae` runs the fused Triton kernels: the latent head reads
