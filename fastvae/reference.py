@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 LOG_2PI = math.log(2.0 * math.pi)
 LOG_2 = math.log(2.0)
@@ -132,6 +133,7 @@ class _Reparameterize(torch.autograd.Function):
         return z.to(mu.dtype), kl
 
     @staticmethod
+    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
     def backward(ctx, grad_z, grad_kl):
         m, std, e = ctx.saved_tensors
         gz, gkl = grad_z.to(m.dtype), grad_kl.unsqueeze(-1)
@@ -181,6 +183,7 @@ class _LogitLikelihood(torch.autograd.Function):
         return ll
 
     @staticmethod
+    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
     def backward(ctx, grad_ll):
         l, xa = ctx.saved_tensors
         g = grad_ll.unsqueeze(-1)
@@ -222,6 +225,7 @@ class _GaussianLikelihood(torch.autograd.Function):
         return ll
 
     @staticmethod
+    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
     def backward(ctx, grad_ll):
         d, w = ctx.saved_tensors
         g = grad_ll.unsqueeze(-1)
