@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         sys.stderr.write(f"fastvae: {exc or 'interrupted'}\n")
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
         if os.environ.get("FASTVAE_DEBUG") == "1":
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

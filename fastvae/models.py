@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import NamedTuple
 
 import torch
@@ -172,6 +173,19 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
         return self.decoder.mean(z)
+
+    @torch.no_grad()
+    def manifold(self, grid: int) -> torch.Tensor:
+        """The paper's Fig. 4 for a 2-D latent: E[x|z] over a grid x grid of prior quantiles
+        z = (Phi^-1(u), Phi^-1(v)), u, v evenly spaced in (0, 1); shape (grid, grid, D), row 0
+        holding the largest z_2."""
+        if self.cfg.latent_dim != 2:
+            raise ValueError(f"a manifold grid needs a 2-D latent space, this model has latent_dim={self.cfg.latent_dim}")
+        normal = NormalDist()
+        q = torch.tensor([normal.inv_cdf((i + 0.5) / grid) for i in range(grid)])
+        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
+        z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).to(next(self.parameters()).device)
+        return self.decoder.mean(z).reshape(grid, grid, -1)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

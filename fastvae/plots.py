@@ -69,8 +69,6 @@ def _show_grid(grid: np.ndarray, title: str, out: Path) -> Path:
 
 def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10) -> list[Path]:
     """Write the run's figures into ``run_dir``; returns their paths."""
-    from scipy.stats import norm
-
     run_dir = Path(run_dir)
     run = load_run(run_dir, device)
     shape = tuple(run.dataset.example_shape)
@@ -90,11 +88,7 @@ def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10) -> list[Pat
     written.append(_show_grid(image_grid(samples, shape, n), "samples: decoded means, z ~ N(0, I)", run_dir / "samples.png"))
 
     if run.model.cfg.latent_dim == 2:
-        # The paper's Fig. 4: decoded means over a grid of the prior's quantiles.
-        quantiles = norm.ppf(np.linspace(0.05, 0.95, n))
-        z = torch.tensor([[a, b] for b in quantiles[::-1] for a in quantiles], dtype=torch.float32, device=run.device)
-        with torch.no_grad():
-            means = run.model.decoder.mean(z).float().clamp(0, 1).cpu().numpy()
+        means = run.model.manifold(n).reshape(n * n, -1).float().clamp(0, 1).cpu().numpy()
         written.append(_show_grid(image_grid(means, shape, n), "learned 2-D manifold (prior quantiles)",
                                   run_dir / "manifold.png"))
     return written

@@ -261,16 +261,9 @@ def _hmc_log_px(decoder: torch.nn.Module, likelihood: str, x: torch.Tensor, nz: 
 
 
 # ---- experiment 3 ------------------------------------------------------------------------------
-@torch.no_grad()
 def manifold_images(model: VAE, grid: int) -> np.ndarray:
-    """Decoded means E[x|z] over a grid x grid of z = (Phi^-1(u), Phi^-1(v)), u, v evenly spaced
-    in (0, 1) (the paper's Fig. 4): shape (grid, grid, D); row r has the largest z_2 at r = 0."""
-    from scipy.stats import norm
-
-    q = norm.ppf(np.linspace(0.5 / grid, 1 - 0.5 / grid, grid))
-    z1, z2 = np.meshgrid(q, q[::-1])
-    z = torch.tensor(np.stack([z1.ravel(), z2.ravel()], 1), dtype=torch.float32, device=next(model.parameters()).device)
-    return model.decoder.mean(z).cpu().numpy().reshape(grid, grid, -1)
+    """Decoded means over the prior-quantile grid (the paper's Fig. 4): shape (grid, grid, D)."""
+    return model.manifold(grid).cpu().numpy()
 
 
 def manifolds(binary: Split, real: Split, budget: Budget, device: str, log: Callable[[str], None],
