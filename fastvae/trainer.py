@@ -124,6 +124,8 @@ class _Trainer:
                 f"the training set has {self.n_train} examples, fewer than one global batch "
                 f"({cfg.batch_size} x {group.world_size} processes)"
             )
+        if cfg.amp and self.device.type != "cuda":
+            raise ValueError("--amp (bf16 autocast) is for CUDA devices; this run is on the CPU")
         if dataset.kind == "real" and cfg.likelihood != "gaussian":
             raise ValueError(
                 f"--data {cfg.data}: the values are not in [0, 1], so likelihood={cfg.likelihood!r} does not apply; "

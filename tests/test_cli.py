@@ -75,6 +75,7 @@ def test_usage_errors_are_one_line(argv, message, capsys):
         (["eval", "/no/such/run"], "does not exist"),
         (["plot", "/no/such/run"], "does not exist"),
         (["train", "--likelihood", "gaussian", "--binarize", "dynamic"], "binarize='dynamic' only applies"),
+        (["train", "--device", "cpu", "--amp"], "--amp (bf16 autocast) is for CUDA"),
         (["paper", "--out", "/tmp/unused", "--experiments", "1,x"], "--experiments must be comma-separated"),
         (["paper", "--out", "/tmp/unused", "--experiments", "7"], "7"),
     ],
