@@ -18,13 +18,14 @@ import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
+
+from fastvae.checkpoint import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUANTILES = (0.5, 0.2, 0.8)
@@ -395,20 +396,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (fastvae's temp file + fsync + rename)."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:

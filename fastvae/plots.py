@@ -23,10 +23,10 @@ from .runs import load_run  # noqa: E402
 DPI = 100
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG atomically and close it."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write
+from ..plots import image_grid, save_figure
+
 COLORS = {"AEVB": "tab:red", "wake-sleep": "tab:blue", "MCEM": "tab:green"}
 DPI = 80
 
@@ -89,8 +92,7 @@ def plot_lower_bound(exp: dict, path: Path) -> None:
     axes[0][-1].legend(fontsize=6, loc="lower right")
     fig.suptitle(f"{exp['settings']['data']}: AEVB vs wake-sleep", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path, dpi=DPI)
 
 
 def plot_marginal(exp2: dict, path: Path) -> None:
@@ -118,8 +120,7 @@ def plot_marginal(exp2: dict, path: Path) -> None:
     axes[0][-1].legend(fontsize=6, loc="lower right")
     fig.suptitle(f"{exp2['settings']['data']}, Nz = {exp2['settings']['nz']}: marginal likelihood", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path, dpi=DPI)
 
 
 def _image_shape(shape: tuple[int, ...], d: int) -> tuple[int, int]:
@@ -131,16 +132,6 @@ def _image_shape(shape: tuple[int, ...], d: int) -> tuple[int, int]:
     return (side, d // side) if side * (d // side) == d else (1, d)
 
 
-def tile(images: np.ndarray, rows: int, cols: int, shape: tuple[int, int], pad: int = 1) -> np.ndarray:
-    """(rows*cols, D) images -> one (rows*(h+pad), cols*(w+pad)) canvas."""
-    h, w = shape
-    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad))
-    for k in range(min(len(images), rows * cols)):
-        r, c = divmod(k, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[k].reshape(h, w)
-    return canvas
-
-
 def plot_manifold(entry: dict, path: Path, title: str) -> None:
     """Experiment 3: the learned 2-D manifold (left) and 100 random samples E[x|z], z ~ p(z) (right)."""
     plt = _plt()
@@ -148,16 +139,15 @@ def plot_manifold(entry: dict, path: Path, title: str) -> None:
     g = grid.shape[0]
     shape = _image_shape(tuple(entry["shape"]), grid.shape[-1])
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
-    axes[0].imshow(tile(grid.reshape(g * g, -1), g, g, shape), cmap="gray", vmin=0, vmax=1)
+    axes[0].imshow(image_grid(grid.reshape(g * g, -1), shape, g), cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("manifold: z on a grid of N(0,1) quantiles", fontsize=9)
-    axes[1].imshow(tile(entry["samples"], 10, 10, shape), cmap="gray", vmin=0, vmax=1)
+    axes[1].imshow(image_grid(entry["samples"][:100], shape, 10), cmap="gray", vmin=0, vmax=1)
     axes[1].set_title("samples: E[x|z], z ~ N(0, I)", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path, dpi=DPI)
 
 
 # ---- markdown ----------------------------------------------------------------------------------
@@ -282,10 +272,9 @@ def write_report(results: dict, out_dir: Path) -> Path:
     for k, v in info["seconds"].items():
         md.append(f"| {k} | {v:.0f} |")
     md += ["", "## Budget", "", "```", json.dumps(results["budget"], indent=1), "```", ""]
-    (out_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
-    path = out_dir / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    text = json.dumps(_jsonable(results), indent=1)
+    atomic_write(out_dir / "results.json", lambda f: f.write(text), mode="w")
+    return atomic_write(out_dir / "report.md", lambda f: f.write("\n".join(md)), mode="w")
 
 
 def _jsonable(obj: Any) -> Any:
