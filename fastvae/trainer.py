@@ -154,7 +154,8 @@ class _Trainer:
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if group.distributed else self.model
         )
-        self.beta = torch.tensor(cfg.beta, dtype=torch.float32)
+        # the KL weight lives on the device (a CPU tensor would keep CUDA graphs from capturing the step)
+        self.beta = torch.tensor(cfg.beta, dtype=torch.float32, device=self.device)
         # --compile compiles forward + loss (AOTAutograd compiles its backward too);
         # reduce-overhead replays both as CUDA graphs, for the launch-bound paper-sized model.
         self.forward_loss = self._forward_loss
@@ -225,18 +226,27 @@ class _Trainer:
         eps = torch.randn((self.global_batch, self.model.cfg.latent_dim), generator=self.noise, device=self.device)
         return {"eps": eps[first_row:first_row + self.cfg.batch_size]}
 
-    def _forward_loss(self, x: torch.Tensor, noise: dict[str, torch.Tensor | int]) -> torch.Tensor:
+    def _forward_loss(
+        self, x: torch.Tensor, noise: dict[str, torch.Tensor | int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective (negative ELBO with the KL weighted by beta) and the plain negative ELBO.
+
+        mean(beta kl - ll) + (1 - beta) mean(kl) = mean(kl - ll): what metrics report as the
+        ELBO, whatever beta or the warm-up make the objective.
+        """
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
         with autocast:
             out = self.ddp(x, **noise)
-            return self.model.loss(out, x, self.beta)
+            loss = self.model.loss(out, x, self.beta)
+        return loss, loss.detach() + (1.0 - self.beta) * out.kl.detach().mean()
 
     def _train_step(self, x: torch.Tensor, noise: dict[str, torch.Tensor | int]) -> torch.Tensor:
-        loss = self.forward_loss(x, noise)
+        """One optimizer step; returns the batch's negative ELBO (detached)."""
+        loss, negative_elbo = self.forward_loss(x, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.detach()
+        return negative_elbo
 
     def _kl_weight(self) -> float:
         if self.cfg.kl_warmup == 0:
@@ -265,7 +275,8 @@ class _Trainer:
         with _StopRequests() as stop:
             try:
                 while self.step < end:
-                    self.beta.fill_(self._kl_weight())
+                    if cfg.kl_warmup:
+                        self.beta.fill_(self._kl_weight())
                     loss = self._train_step(next(batches), self._noise())
                     self.step += 1
                     self.window_steps += 1

@@ -124,3 +124,22 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes_identically(tmp_path, m
     a, b = _params(full), _params(part)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_logged_elbo_is_the_elbo_whatever_beta(tmp_path):
+    """With beta != 1 the objective is not the ELBO; the step still reports -ELBO = mean(kl - ll)."""
+    import fastvae
+    from fastvae.data import load_dataset
+    from fastvae.distributed import setup_process_group
+    from fastvae.trainer import _Trainer
+
+    cfg = TrainConfig(**SMALL, beta=0.25, out=str(tmp_path))
+    trainer = _Trainer(cfg, setup_process_group("cpu"), load_dataset("digits"))
+    x = trainer.batches.next_batch()
+    eps = torch.randn(cfg.batch_size, cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+    loss, negative_elbo = trainer._forward_loss(x, {"eps": eps})
+    with torch.no_grad():
+        out = trainer.model(x, eps=eps)
+        ll = fastvae.bernoulli_log_likelihood(out.decoder_out, x)
+    torch.testing.assert_close(negative_elbo, (out.kl - ll).mean())
+    torch.testing.assert_close(loss.detach(), (0.25 * out.kl - ll).mean())
