@@ -66,12 +66,3 @@ def teardown_process_group() -> None:
 def barrier(info: ProcessGroupInfo) -> None:
     if info.distributed:
         dist.barrier()
-
-
-def broadcast_flag(flag: bool, info: ProcessGroupInfo) -> bool:
-    """Rank 0's ``flag`` on every rank (e.g. 'stop now')."""
-    if not info.distributed:
-        return flag
-    t = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
-    dist.broadcast(t, src=0)
-    return bool(t.item())

@@ -286,8 +286,8 @@ class _Trainer:
                     evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
                     checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == end
                     if self.step % cfg.log_every == 0 or evaluate or checkpoint or stop.requested:
-                        stopping = self._agree(stop.requested)
-                        self._log(evaluate)
+                        stopping, loss_sum = self._agree(stop.requested)
+                        self._log(evaluate, loss_sum)
                         if checkpoint or stopping:
                             self.save()
                             self.last_good = self.step
@@ -304,26 +304,30 @@ class _Trainer:
         return TrainResult(self.out_dir, self.step, self.step * self.global_batch, self.train_elbo, self.test_elbo,
                            self.rate, self.wall_before + time.perf_counter() - self.t0)
 
-    def _agree(self, stop_requested: bool) -> bool:
-        """Reduce the step window across ranks; raise on a non-finite loss; True if any rank must stop."""
-        flags = torch.tensor([float(stop_requested)], device=self.device)
+    def _agree(self, stop_requested: bool) -> tuple[bool, float]:
+        """Reduce the step window across ranks with one host sync; raise on a non-finite loss.
+
+        Returns (any rank must stop, the window's summed negative ELBO, averaged over ranks).
+        """
+        # first bad step and stop flag reduce by MAX, the loss sum by SUM; a fill, not a host copy
+        maxed = torch.stack([self.first_bad.double(), torch.full((), float(stop_requested), device=self.device,
+                                                                   dtype=torch.float64)])
         if self.group.distributed:  # every rank stops together, on the global mean
-            dist.all_reduce(self.first_bad, op=dist.ReduceOp.MAX)
+            dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
             dist.all_reduce(self.loss_sum, op=dist.ReduceOp.SUM)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             self.loss_sum /= self.group.world_size
-        bad_step = int(self.first_bad.item())  # the one host sync of a logging step
+        bad_step, stop, loss_sum = torch.cat([maxed, self.loss_sum.reshape(1)]).tolist()  # the one sync
         if bad_step >= 0:
             where = (f"the last good checkpoint (step {self.last_good}) is intact in {self.out_dir}"
                      if self.last_good is not None else "no checkpoint was written yet")
-            raise NonFiniteLossError(f"non-finite loss at step {bad_step}; stopping: {where}")
-        return bool(flags.item())
+            raise NonFiniteLossError(f"non-finite loss at step {int(bad_step)}; stopping: {where}")
+        return stop > 0, loss_sum
 
-    def _log(self, evaluate: bool) -> None:
+    def _log(self, evaluate: bool, loss_sum: float) -> None:
         """Append a metrics row (with the test ELBO when ``evaluate``) and update the progress bar."""
         now = time.perf_counter()
         self.rate = self.window_steps * self.global_batch / max(now - self.window_start, 1e-9)
-        self.train_elbo = -self.loss_sum.item() / self.window_steps
+        self.train_elbo = -loss_sum / self.window_steps
         self.test_elbo = None
         if evaluate and self.test_data is not None and self.group.is_main:
             self.test_elbo = dataset_elbo(self.model, self.test_data)
