@@ -22,15 +22,15 @@ SEED_HIGH = 2**62
 
 @torch.library.custom_op("fastvae::latent_head", mutates_args=())
 def _latent_head(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor
+    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor, first: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.latent_head import latent_head_forward
 
-    return latent_head_forward(mu, logvar, eps, seed)
+    return latent_head_forward(mu, logvar, eps, seed, first)
 
 
 @_latent_head.register_fake
-def _latent_head_fake(mu, logvar, eps, seed):
+def _latent_head_fake(mu, logvar, eps, seed, first):
     acc = reference.accumulation_dtype(mu, logvar)
     return torch.empty_like(mu, memory_format=torch.contiguous_format), mu.new_empty(mu.shape[:1], dtype=acc)
 
@@ -41,33 +41,35 @@ def _latent_head_backward(
     logvar: torch.Tensor,
     eps: Optional[torch.Tensor],
     seed: torch.Tensor,
+    first: int,
     grad_z: Optional[torch.Tensor],
     grad_kl: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.latent_head import latent_head_backward
 
-    return latent_head_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+    return latent_head_backward(mu, logvar, eps, seed, first, grad_z, grad_kl)
 
 
 @_latent_head_backward.register_fake
-def _latent_head_backward_fake(mu, logvar, eps, seed, grad_z, grad_kl):
+def _latent_head_backward_fake(mu, logvar, eps, seed, first, grad_z, grad_kl):
     return (torch.empty_like(mu, memory_format=torch.contiguous_format),
             torch.empty_like(logvar, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    mu, logvar, eps, seed = inputs
+    mu, logvar, eps, seed, first = inputs
+    ctx.first = first
     ctx.save_for_backward(mu, logvar, eps, seed)
 
 
 def _backward(ctx, grad_z, grad_kl):
     mu, logvar, eps, seed = ctx.saved_tensors
-    grad_mu, grad_logvar = _latent_head_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+    grad_mu, grad_logvar = _latent_head_backward(mu, logvar, eps, seed, ctx.first, grad_z, grad_kl)
     grad_eps = None
     if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
         # dz/deps = exp(lv / 2): only when the caller's explicit noise itself requires grad
         grad_eps = (grad_z * torch.exp(0.5 * reference.upcast(logvar))).to(eps.dtype)
-    return grad_mu, grad_logvar, grad_eps, None
+    return grad_mu, grad_logvar, grad_eps, None, None
 
 
 _latent_head.register_autograd(_backward, setup_context=_setup_context)
@@ -145,11 +147,11 @@ def reparameterize(
     batch_shape, n_latent = mu.shape[:-1], mu.shape[-1]
     if eps is None:
         seed_tensor = draw_seed(device) if seed is None else _seed_tensor(seed, device)
-        seed_tensor = torch.cat([seed_tensor, seed_tensor.new_full((1,), first_row * n_latent)])
     else:
-        seed_tensor = torch.zeros(2, dtype=torch.int64, device=device)
+        seed_tensor = mu.new_empty(0, dtype=torch.int64)  # never read: the kernel reads eps
         eps = eps.reshape(-1, n_latent)
-    z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor)
+    z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor,
+                         first_row * n_latent)
     return z.reshape(mu.shape), kl.reshape(batch_shape)
 
 

@@ -7,8 +7,9 @@ Forward, per row r of (N, Z) inputs:
 Backward, with upstream gz (N, Z) and gkl (N,):
     dmu = gz + gkl * mu
     dlv = 0.5 * gz * exp(lv / 2) * eps + 0.5 * gkl * (exp(lv) - 1)
-(seed, first) come from a device tensor (graph-capture safe; ``first`` lets DDP ranks draw
-their shard of one global stream). eps is regenerated from (seed, offset) rather than re-read: the backward then reads three
+The seed comes from a device tensor (drawn there per step: graph-capture safe, no host
+sync); ``first`` is a fixed launch argument that lets DDP ranks draw their shard of one global
+stream. eps is regenerated from (seed, offset) rather than re-read: the backward then reads three
 (N, Z) tensors (gz, mu, lv) instead of four (z or eps as well).
 """
 
@@ -26,7 +27,8 @@ def latent_head_forward_kernel(
     mu_ptr, mu_row_stride, mu_col_stride,  # (N, Z) encoder mean
     lv_ptr, lv_row_stride, lv_col_stride,  # (N, Z) encoder log-variance
     eps_ptr, eps_row_stride, eps_col_stride,  # (N, Z) explicit noise, read only if HAS_EPS
-    seed_ptr,  # (2,) int64: Philox seed, first element offset; read only if not HAS_EPS
+    seed_ptr,  # (1,) int64 Philox seed; read only if not HAS_EPS
+    first,  # offset of this launch's first element in the seed's stream
     z_ptr,  # (N, Z) contiguous output, mu's dtype
     kl_ptr,  # (N,) output in the accumulation dtype (float32, or float64)
     n_rows, n_cols,
@@ -40,7 +42,6 @@ def latent_head_forward_kernel(
     row_mask = rows < n_rows
     if not HAS_EPS:
         seed = tl.load(seed_ptr)
-        first = tl.load(seed_ptr + 1)
     kl = tl.zeros([BLOCK_ROWS], dtype=acc_dtype)
     for start in range(0, n_cols, BLOCK_COLS):
         cols = start + tl.arange(0, BLOCK_COLS).to(tl.int64)
@@ -66,7 +67,8 @@ def latent_head_backward_kernel(
     mu_ptr, mu_row_stride, mu_col_stride,  # (N, Z)
     lv_ptr, lv_row_stride, lv_col_stride,  # (N, Z)
     eps_ptr, eps_row_stride, eps_col_stride,  # (N, Z), read only if HAS_EPS
-    seed_ptr,  # (2,) int64, the forward's seed and offset
+    seed_ptr,  # (1,) int64, the forward's seed
+    first,  # the forward's stream offset
     gz_ptr, gz_row_stride, gz_col_stride,  # (N, Z) upstream grad of z, read only if HAS_GRAD_Z
     gkl_ptr, gkl_stride,  # (N,) upstream grad of kl, read only if HAS_GRAD_KL
     dmu_ptr, dlv_ptr,  # (N, Z) contiguous outputs, in mu's / logvar's dtype
@@ -85,7 +87,6 @@ def latent_head_backward_kernel(
         gkl = tl.load(gkl_ptr + rows * gkl_stride, mask=row_mask, other=0.0).to(acc_dtype)[:, None]
     if not HAS_EPS:
         seed = tl.load(seed_ptr)
-        first = tl.load(seed_ptr + 1)
     for start in range(0, n_cols, BLOCK_COLS):
         cols = start + tl.arange(0, BLOCK_COLS).to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
@@ -118,7 +119,7 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
 
 
 def latent_head_forward(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: torch.Tensor
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: torch.Tensor, first: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward on 2-D (N, Z) inputs; returns z (N, Z) contiguous and kl (N,)."""
     n_rows, n_cols = mu.shape
@@ -130,7 +131,7 @@ def latent_head_forward(
     tiling = row_tiling(n_cols)
     latent_head_forward_kernel[tiling.grid(n_rows)](
         mu, *_strides(mu), logvar, *_strides(logvar),
-        eps if eps is not None else mu, *_strides(eps), seed,
+        eps if eps is not None else mu, *_strides(eps), seed, first,
         z, kl, n_rows, n_cols,
         HAS_EPS=eps is not None, BLOCK_ROWS=tiling.block_rows, BLOCK_COLS=tiling.block_cols,
         num_warps=tiling.num_warps,
@@ -143,6 +144,7 @@ def latent_head_backward(
     logvar: torch.Tensor,
     eps: torch.Tensor | None,
     seed: torch.Tensor,
+    first: int,
     grad_z: torch.Tensor | None,
     grad_kl: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +157,7 @@ def latent_head_backward(
     tiling = row_tiling(n_cols)
     latent_head_backward_kernel[tiling.grid(n_rows)](
         mu, *_strides(mu), logvar, *_strides(logvar),
-        eps if eps is not None else mu, *_strides(eps), seed,
+        eps if eps is not None else mu, *_strides(eps), seed, first,
         grad_z if grad_z is not None else mu, *_strides(grad_z),
         grad_kl if grad_kl is not None else mu, grad_kl.stride(0) if grad_kl is not None else 0,
         dmu, dlv, n_rows, n_cols,

@@ -144,9 +144,9 @@ def test_opcheck_latent_head(dtype):
     mu = torch.randn(4, 3, generator=g).to(dtype).requires_grad_()
     lv = torch.randn(3, 4, generator=g).to(dtype).t().requires_grad_()  # non-contiguous
     eps = torch.randn(4, 3, generator=g).to(dtype)
-    seed = torch.tensor([5, 6])  # (seed, first offset)
-    torch.library.opcheck(ops.latent_head.default, (mu, lv, None, seed))
-    torch.library.opcheck(ops.latent_head.default, (mu, lv, eps, torch.zeros(2, dtype=torch.int64)))
+    seed, first = torch.tensor([5]), 6
+    torch.library.opcheck(ops.latent_head.default, (mu, lv, None, seed, first))
+    torch.library.opcheck(ops.latent_head.default, (mu, lv, eps, torch.zeros(0, dtype=torch.int64), 0))
     gz, gkl = torch.rand(4, 3, generator=g).to(dtype), torch.rand(4, generator=g)
     for grads in ((gz, gkl), (None, gkl), (gz, None)):
-        torch.library.opcheck(ops.latent_head_backward.default, (mu.detach(), lv.detach(), None, seed, *grads))
+        torch.library.opcheck(ops.latent_head_backward.default, (mu.detach(), lv.detach(), None, seed, first, *grads))
