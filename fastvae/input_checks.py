@@ -47,12 +47,22 @@ def require_same_shape(name: str, value: torch.Tensor, other_name: str, other: t
 
 
 def broadcast_rows(**tensors: torch.Tensor) -> torch.Size:
-    """The broadcast shape of tensors that must share their last dimension D."""
+    """The shape (..., D) of the rows that a decoder output and ``x`` (the first two tensors)
+    pair up into, checked so that broadcasting never changes what the loss means.
+
+    Rows pair one to one: the two may differ only in leading dims that one of them is
+    broadcast over (dims it lacks, or of size 1), e.g. a decoder output (S, B, D) for S
+    samples of each example against x (B, D). So the result has the shape of one of them;
+    an outer pairing ((B, 1, D) against (B, D) is (B, B, D): every example scored under
+    every other's output) is refused, as ``F.binary_cross_entropy_with_logits`` refuses
+    mismatched shapes. Further tensors (a Gaussian logvar: (..., D), (D,), (1, D), (..., 1)...)
+    must broadcast to that shape without enlarging it. The rule is in the README's API section.
+    """
     names = list(tensors)
     sizes = {name: t.shape[-1] for name, t in tensors.items()}
     first = names[0]
     for name in names[1:]:
-        if sizes[name] != sizes[first]:
+        if sizes[name] != sizes[first] and not (name in names[2:] and sizes[name] == 1):
             raise ValueError(
                 f"{name} has last dimension {sizes[name]} but {first} has {sizes[first]} "
                 f"(shapes {tuple(tensors[name].shape)} and {tuple(tensors[first].shape)})"
@@ -61,7 +71,24 @@ def broadcast_rows(**tensors: torch.Tensor) -> torch.Size:
     if all(shape == shapes[0] for shape in shapes[1:]):
         return shapes[0]  # the common case, without torch.broadcast_shapes' ~10 us per call
     try:
-        return torch.broadcast_shapes(*shapes)
+        torch.broadcast_shapes(*shapes)
     except RuntimeError:
-        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
-        raise ValueError(f"shapes do not broadcast: {shapes}") from None
+        listed = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise ValueError(f"shapes do not broadcast: {listed}") from None
+    (out_name, x_name), (out_shape, x_shape) = names[:2], shapes[:2]
+    paired = torch.broadcast_shapes(out_shape, x_shape)
+    if paired != out_shape and paired != x_shape:
+        raise ValueError(
+            f"{out_name} {tuple(out_shape)} and {x_name} {tuple(x_shape)} would broadcast to {tuple(paired)}, "
+            f"larger than both: every row of one would be scored against every row of the other. Leading "
+            f"dims may broadcast one way only (e.g. {out_name} (S, B, D) for S samples against {x_name} (B, D)); "
+            "expand them explicitly if you mean an outer pairing"
+        )
+    for name, t in list(tensors.items())[2:]:
+        if torch.broadcast_shapes(paired, t.shape) != paired:
+            raise ValueError(
+                f"{name} {tuple(t.shape)} would enlarge the rows of {out_name} {tuple(out_shape)} and "
+                f"{x_name} {tuple(x_shape)} to {tuple(torch.broadcast_shapes(paired, t.shape))}; it must broadcast to {tuple(paired)} "
+                "(shaped like them, like their trailing dims, (D,), or with dims of size 1)"
+            )
+    return paired

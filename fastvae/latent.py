@@ -18,6 +18,8 @@ from .backend import use_triton
 from .input_checks import require_float_tensor, require_rows, require_same_device, require_same_shape
 
 SEED_HIGH = 2**62
+# Noise offsets (first_row * Z + flat index) are int64 counters: all must be < 2**63.
+NOISE_OFFSET_END = 2**63
 
 
 @torch.library.custom_op("fastvae::latent_head", mutates_args=())
@@ -104,6 +106,8 @@ def reparameterize(
         first_row: the rows draw the noise of rows ``first_row, first_row + 1, ...`` of the
             seed's stream (rows counted over the flattened leading dims). Data-parallel ranks
             pass their shard's start, so a global batch gets the same noise as in one process.
+            The offsets must stay below 2**63 (``first_row * Z + mu.numel() <= 2**63``); only
+            with a seed (or ``seed=None``), not with ``eps``.
 
     Returns:
         ``z`` shaped and typed like ``mu``, and ``kl`` of shape ``mu.shape[:-1]`` in float32
@@ -137,6 +141,15 @@ def reparameterize(
         raise ValueError(f"seed must fit in int64 (-2**63 <= seed < 2**63), got {seed}")
     if isinstance(first_row, bool) or not isinstance(first_row, int) or first_row < 0:
         raise ValueError(f"first_row must be a non-negative int, got {first_row!r}")
+    if first_row and eps is not None:
+        raise ValueError("first_row selects rows of the seed's noise stream; with eps= nothing is drawn, so it would be ignored")
+    if first_row * mu.shape[-1] + mu.numel() > NOISE_OFFSET_END:
+        last = (NOISE_OFFSET_END - mu.numel()) // mu.shape[-1]
+        raise ValueError(
+            f"first_row={first_row} is too large: the noise offsets first_row * {mu.shape[-1]} (latent dims) + "
+            f"index would pass 2**63 - 1, the end of the int64 noise stream; for mu of shape {tuple(mu.shape)} "
+            f"first_row can be at most {last}"
+        )
     device = require_same_device(**tensors)
 
     if not use_triton(device):

@@ -9,6 +9,8 @@ other tensors take the plain-torch reference path.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -152,14 +154,20 @@ def gaussian_log_likelihood(
     """``Normal(mean, exp(logvar/2)).log_prob(x).sum(-1)``.
 
     ``logvar`` may be shaped like ``x``, ``(D,)`` (one learned variance per feature), a
-    0-d tensor or a Python float (one shared variance).
+    0-d tensor or a Python float (one shared variance, taken in float32 / float64 whatever
+    the mean's dtype).
 
     >>> gaussian_log_likelihood(torch.zeros(2, 1), 0.0, torch.zeros(2, 1))
     tensor([-0.9189, -0.9189])
     """
-    if isinstance(logvar, (int, float)) and not isinstance(logvar, bool):
+    if isinstance(logvar, numbers.Real) and not isinstance(logvar, bool):
+        # A Python number takes the accumulation dtype (float32, or float64), never a half
+        # mean's: bf16 would round 0.1 to 0.10009765625, 0.03 nats per example at D = 784.
         require_float_tensor("mean", mean)
-        logvar = torch.tensor(float(logvar), dtype=mean.dtype, device=mean.device)
+        require_float_tensor("x", x)
+        if not math.isfinite(logvar):
+            raise ValueError(f"logvar must be finite, got {logvar!r}")
+        logvar = torch.tensor(float(logvar), dtype=reference.accumulation_dtype(mean, x), device=mean.device)
     return _log_likelihood_rows("gaussian", mean, logvar, x)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
+from . import reference
 from .input_checks import require_float_tensor, require_same_device
 from .likelihood import LIKELIHOODS, log_likelihood
 
@@ -31,8 +34,12 @@ class ELBOLoss(nn.Module):
         likelihood: ``"bernoulli"`` (decoder_out = logits), ``"continuous_bernoulli"``
             (logits) or ``"gaussian"`` (decoder_out = (mean, logvar)).
         reduction: ``"mean"`` over all leading (example) dims, ``"sum"``, or ``"none"``.
-        beta: weight of the KL term (beta-VAE, KL warm-up); a float or a 0-d tensor
-            (a tensor can change every step without recompiling a compiled step).
+        beta: weight of the KL term (beta-VAE, KL warm-up); a finite float >= 0 or a 0-d
+            floating tensor holding one. Checked wherever it is set (here, or ``crit.beta = ...``
+            later); a tensor's value is read once there (a host-device sync for a CUDA tensor;
+            assigning the same tensor again is free). A tensor can then be refilled in place
+            every step (``crit.beta.fill_(w)``, as KL warm-up does) without a sync or a
+            recompile; values written that way are the caller's to keep valid.
     """
 
     def __init__(self, likelihood: str = "bernoulli", reduction: str = "mean", beta: float | torch.Tensor = 1.0):
@@ -41,15 +48,19 @@ class ELBOLoss(nn.Module):
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-        if isinstance(beta, bool) or not isinstance(beta, (int, float, torch.Tensor)):
-            raise TypeError(f"beta must be a float or a 0-d tensor, got {type(beta).__name__}")
-        if isinstance(beta, torch.Tensor) and beta.dim() != 0:
-            raise ValueError(f"beta must be a 0-d tensor, got shape {tuple(beta.shape)}")
-        if not isinstance(beta, torch.Tensor) and not (math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta must be a finite, non-negative weight of the KL term, got {beta!r}")
         self.likelihood = likelihood
         self.reduction = reduction
         self.beta = beta
+
+    @property
+    def beta(self) -> float | torch.Tensor:
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float | torch.Tensor) -> None:
+        if "_beta" not in self.__dict__ or value is not self._beta:  # the same tensor again: checked already
+            value = checked_beta(value)
+        self._beta = value
 
     def forward(
         self,
@@ -71,6 +82,9 @@ class ELBOLoss(nn.Module):
                 f"(decoder output / x broadcast, without the last dim); pass the per-example kl "
                 f"from fastvae.reparameterize, not its sum or mean"
             )
+        kl = reference.upcast(kl)  # beta * a half kl would round in half precision
+        if isinstance(self.beta, torch.Tensor) and self.beta.device != kl.device and self.beta.device.type != "cpu":
+            raise ValueError(f"beta is on {self.beta.device} but kl is on {kl.device}: move beta to kl's device")
         loss = self.beta * kl - ll
         if self.reduction == "mean":
             return loss.mean()
@@ -81,3 +95,28 @@ class ELBOLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"likelihood={self.likelihood!r}, reduction={self.reduction!r}, beta={self.beta}"
 
+
+
+def checked_beta(beta: object) -> float | torch.Tensor:
+    """``beta`` if it is a valid KL weight (a finite number >= 0, or a 0-d floating tensor
+    holding one), as a float or the same tensor; ``TypeError``/``ValueError`` otherwise.
+
+    A tensor's value is read here: one host-device sync for a CUDA tensor (not for meta or
+    fake tensors, which hold no value, nor while torch.compile traces).
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"beta must be a float or a 0-d tensor, got {type(beta).__name__}")
+    if not isinstance(beta, torch.Tensor):
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite, non-negative weight of the KL term, got {beta!r}")
+        return float(beta)
+    if not beta.is_floating_point():
+        raise TypeError(f"beta must be a floating-point tensor, got {beta.dtype}")
+    if beta.dim() != 0:
+        raise ValueError(f"beta must be a 0-d tensor, got shape {tuple(beta.shape)}")
+    # No value to read for meta/fake tensors, and under torch.compile reading it would break the graph
+    if beta.device.type != "meta" and not isinstance(beta, FakeTensor) and not torch.compiler.is_compiling():
+        value = beta.detach().item()  # the host-device sync for a CUDA tensor
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"beta must be a finite, non-negative weight of the KL term, got tensor({value!r})")
+    return beta

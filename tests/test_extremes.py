@@ -186,3 +186,44 @@ def test_half_precision_accumulates_in_float32(backend, backend_name, dtype):
 
     loss = fastvae.ELBOLoss(reduction="sum")(logits.expand(2, D), x.expand(2, D), kl)
     assert loss.dtype == torch.float32
+
+
+# ---- Python numbers meeting half-precision tensors ----
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("logvar", [0.1, -2.3, 1])
+def test_python_scalar_logvar_is_not_rounded_to_half(backend, backend_name, dtype, logvar):
+    """A float logvar with a half mean is taken in float32, not rounded to the mean's dtype
+    (bf16 rounds 0.1 to 0.10009765625: 0.033 nats per example at D = 784)."""
+    backend(backend_name)
+    D = 784
+    g = torch.Generator().manual_seed(1)
+    mean, x = torch.rand(2, D, generator=g).to(dtype), torch.rand(2, D, generator=g)
+    ll = fastvae.gaussian_log_likelihood(mean, logvar, x)
+    expected = (-0.5 * (math.log(2 * math.pi) + logvar + (x.double() - mean.double()).square() * math.exp(-logvar))).sum(-1)
+    rounded = torch.tensor(float(logvar)).to(dtype).double()
+    if rounded.item() != logvar:  # the old behaviour would have been this far off
+        off = (0.5 * D * abs(rounded.item() - logvar))
+        assert off > 1e-3
+    torch.testing.assert_close(ll.double(), expected, rtol=2e-6, atol=1e-4)
+    # the same through the loss module, and with a float64 x: the scalar is then float64
+    crit = fastvae.ELBOLoss("gaussian", reduction="none")
+    torch.testing.assert_close(crit((mean, logvar), x, torch.zeros(2)).double(), -expected, rtol=2e-6, atol=1e-4)
+    ll64 = fastvae.gaussian_log_likelihood(mean, logvar, x.double())
+    assert ll64.dtype == torch.float64
+    torch.testing.assert_close(ll64, expected, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_beta_times_a_half_kl_is_taken_in_float32(backend, backend_name):
+    """A user's own half-precision kl is upcast before beta scales it (no half rounding of beta * kl)."""
+    backend(backend_name)
+    logits, x = torch.zeros(3, 4), torch.full((3, 4), 0.5)
+    kl = torch.tensor([1232.0, 567.0, 3.3]).to(torch.bfloat16)
+    beta = 0.1
+    loss = fastvae.ELBOLoss(reduction="none", beta=beta)(logits, x, kl)
+    expected = beta * kl.double() - fastvae.bernoulli_log_likelihood(logits, x).double()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
+    assert ((beta * kl).double() - beta * kl.double()).abs().max() > 0.1  # what half arithmetic would give

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastvae
-from _oracles import BACKENDS
+from _oracles import BACKENDS, bernoulli_ll, gaussian_ll
 from fastvae import backend as backend_module
 
 X = torch.rand(3, 5)
@@ -45,6 +45,18 @@ def any_backend(request, backend):
         (lambda: fastvae.reparameterize(MU, LOGVAR, eps=torch.randn(2, 2)), ValueError, r"eps has shape \(2, 2\)"),
         (lambda: fastvae.reparameterize(torch.tensor(0.0), torch.tensor(0.0)), ValueError, r"mu must have at least one dimension"),
         (lambda: fastvae.reparameterize(torch.zeros(3, 0), torch.zeros(3, 0)), ValueError, r"mu has an empty last dimension"),
+        # broadcasting that would pair every row with every other (an outer product)
+        (lambda: fastvae.bernoulli_log_likelihood(LOGITS[:, None], X), ValueError,
+         r"logits \(3, 1, 5\) and x \(3, 5\) would broadcast to \(3, 3, 5\), larger than both"),
+        (lambda: fastvae.continuous_bernoulli_log_likelihood(LOGITS, X[:, None]), ValueError,
+         r"logits \(3, 5\) and x \(3, 1, 5\) would broadcast to \(3, 3, 5\)"),
+        (lambda: fastvae.gaussian_log_likelihood(LOGITS[:, None], 0.0, X), ValueError, r"mean \(3, 1, 5\) and x \(3, 5\)"),
+        (lambda: fastvae.ELBOLoss()(LOGITS[:2, None], X[:2], KL[:2]), ValueError, r"would broadcast to \(2, 2, 5\)"),
+        # a logvar that would enlarge the rows
+        (lambda: fastvae.gaussian_log_likelihood(LOGITS, torch.zeros(2, 3, 5), X), ValueError,
+         r"logvar \(2, 3, 5\) would enlarge the rows of mean \(3, 5\) and x \(3, 5\) to \(2, 3, 5\)"),
+        (lambda: fastvae.gaussian_log_likelihood(LOGITS[:, None], torch.zeros(1, 2, 5), X[0]), ValueError,
+         r"logvar \(1, 2, 5\) would enlarge the rows of mean \(3, 1, 5\) and x \(5,\) to \(3, 2, 5\)"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else None,
 )
@@ -66,6 +78,32 @@ def test_mismatched_shapes(any_backend, call, error, match):
 def test_kl_of_wrong_shape(any_backend, kl, match):
     with pytest.raises(ValueError, match=match):
         fastvae.ELBOLoss()(LOGITS, X, kl)
+
+
+@pytest.mark.parametrize(
+    "out_shape, x_shape, logvar_shape",
+    [
+        ((2, 3, 5), (3, 5), (5,)),  # S samples of each example against the data
+        ((2, 3, 5), (1, 3, 5), (3, 5)),  # data with a size-1 sample dim; a per-example logvar
+        ((3, 2, 5), (3, 1, 5), (1, 2, 5)),  # samples in the middle, x broadcast over them
+        ((3, 5), (2, 3, 5), (1, 5)),  # one decoder output for S copies of the data
+        ((3, 5), (1, 5), ()),  # one data row against B decoder outputs
+        ((4, 5), (5,), (4, 1)),  # one variance per example
+    ],
+)
+def test_one_way_broadcasts_are_accepted(any_backend, out_shape, x_shape, logvar_shape):
+    """Leading dims broadcast one way only: the rows are those of the larger of the two."""
+    g = torch.Generator().manual_seed(0)
+    out, x = torch.randn(out_shape, generator=g), torch.rand(x_shape, generator=g)
+    logvar = torch.randn(logvar_shape, generator=g)
+    rows = torch.broadcast_shapes(out_shape, x_shape)
+    assert rows in (torch.Size(out_shape), torch.Size(x_shape))
+    for ll, expected in [
+        (fastvae.bernoulli_log_likelihood(out, x), bernoulli_ll(out.expand(rows), x.expand(rows))),
+        (fastvae.gaussian_log_likelihood(out, logvar, x), gaussian_ll(out.expand(rows), logvar.expand(rows), x.expand(rows))),
+    ]:
+        assert ll.shape == rows[:-1]
+        torch.testing.assert_close(ll.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_kl_shaped_like_trailing_example_dims_is_accepted(any_backend):
@@ -153,6 +191,62 @@ def test_bad_loss_configuration(make, error, match):
         make()
 
 
+BAD_BETAS = [
+    (torch.tensor(-1.0), ValueError, r"beta must be a finite, non-negative weight of the KL term, got tensor\(-1.0\)"),
+    (torch.tensor(float("nan")), ValueError, r"got tensor\(nan\)"),
+    (torch.tensor(float("inf"), dtype=torch.float64), ValueError, r"got tensor\(inf\)"),
+    (torch.tensor(-0.5, requires_grad=True), ValueError, r"non-negative"),
+    (torch.tensor(1), TypeError, r"beta must be a floating-point tensor, got torch.int64"),
+    (torch.tensor(True), TypeError, r"beta must be a floating-point tensor, got torch.bool"),
+    (torch.ones(1), ValueError, r"beta must be a 0-d tensor, got shape \(1,\)"),
+    (-1e-300, ValueError, r"non-negative"),
+    (float("-inf"), ValueError, r"non-negative"),
+    (None, TypeError, r"beta must be a float or a 0-d tensor, got NoneType"),
+    ([1.0], TypeError, r"got list"),
+]
+
+
+@pytest.mark.parametrize("beta, error, match", BAD_BETAS)
+def test_bad_beta_wherever_it_enters(beta, error, match):
+    """Given to the constructor or set on the module later: the same checks."""
+    with pytest.raises(error, match=match):
+        fastvae.ELBOLoss(beta=beta)
+    crit = fastvae.ELBOLoss()
+    with pytest.raises(error, match=match):
+        crit.beta = beta
+    assert crit.beta == 1.0  # a refused value leaves the old one
+    assert float(crit(LOGITS, X, KL)) == pytest.approx(float((KL - fastvae.bernoulli_log_likelihood(LOGITS, X)).mean()))
+
+
+def test_good_betas_and_in_place_refill():
+    """Valid betas are kept as given; a tensor refilled in place (KL warm-up) is read at each call."""
+    crit = fastvae.ELBOLoss(reduction="none", beta=0)
+    assert crit.beta == 0.0 and isinstance(crit.beta, float)
+    import numpy as np
+    crit.beta = np.float32(0.25)  # a numpy scalar is a number too
+    assert crit.beta == 0.25
+    beta = torch.tensor(0.5, dtype=torch.float64)
+    crit.beta = beta
+    assert crit.beta is beta
+    ll = fastvae.bernoulli_log_likelihood(LOGITS, X)
+    torch.testing.assert_close(crit(LOGITS, X, KL), 0.5 * KL - ll)
+    beta.fill_(2.0)  # in place: no new check, no sync; the loss uses the new value
+    crit.beta = beta  # the same tensor again: not re-read (free), still accepted
+    torch.testing.assert_close(crit(LOGITS, X, KL), 2.0 * KL - ll)
+    learned = torch.tensor(0.3, requires_grad=True)  # a learned weight gets its gradient
+    crit.beta = learned
+    crit(LOGITS, X, KL).sum().backward()
+    torch.testing.assert_close(learned.grad, KL.sum())
+    assert "beta=" in repr(crit)
+
+
+def test_beta_on_another_device_than_kl_is_refused():
+    crit = fastvae.ELBOLoss()
+    crit.beta = torch.tensor(0.5, device="meta")  # meta: no value to check, but the device is
+    with pytest.raises(ValueError, match=r"beta is on meta but kl is on cpu"):
+        crit(LOGITS, X, KL)
+
+
 def test_unknown_likelihood_in_log_likelihood(any_backend):
     with pytest.raises(ValueError, match=r"likelihood must be one of .* got 'laplace'"):
         fastvae.log_likelihood("laplace", LOGITS, X)
@@ -194,6 +288,26 @@ def test_wrong_decoder_out_type(any_backend, likelihood, decoder_out, match):
 def test_bad_seed(any_backend, kwargs, error, match):
     with pytest.raises(error, match=match):
         fastvae.reparameterize(MU, LOGVAR, **kwargs)
+
+
+def test_first_row_bound_is_exact(any_backend):
+    """Noise offsets first_row * Z + index are int64 stream counters: the last must be <= 2**63 - 1."""
+    numel, Z = MU.numel(), MU.shape[-1]
+    largest = (2**63 - numel) // Z
+    z, _ = fastvae.reparameterize(MU, LOGVAR, seed=3, first_row=largest)
+    assert torch.isfinite(z).all()
+    for first_row in (largest + 1, 2**62, 2**63, 2**64 + 5):
+        with pytest.raises(ValueError, match=rf"first_row={first_row} is too large.*at most {largest}"):
+            fastvae.reparameterize(MU, LOGVAR, seed=3, first_row=first_row)
+    with pytest.raises(ValueError, match=r"first_row=.* too large"):  # seed=None draws from the stream too
+        fastvae.reparameterize(MU, LOGVAR, first_row=2**63)
+
+
+def test_first_row_with_explicit_eps_is_refused(any_backend):
+    with pytest.raises(ValueError, match=r"first_row selects rows of the seed's noise stream; with eps="):
+        fastvae.reparameterize(MU, LOGVAR, eps=torch.zeros(3, 2), first_row=4)
+    z, _ = fastvae.reparameterize(MU, LOGVAR, eps=torch.zeros(3, 2), first_row=0)
+    torch.testing.assert_close(z, MU)
 
 
 def test_int64_extreme_seeds_are_accepted(any_backend):
