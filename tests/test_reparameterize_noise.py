@@ -5,10 +5,12 @@ mean has standard error 1/sqrt(n), the sample variance sqrt(2/(n-1)), a sample c
 independent draws 1/sqrt(n); each is checked at 5 standard errors (a false alarm ~ 6e-7 per
 check). The seeds are fixed, so the tests are deterministic.
 
-Both paths draw the same noise: Philox4x32-10 followed by the Box-Muller map of ``tl.randn``,
-eps at row r, column c = randn(seed, first_row*Z + r*Z + c) (the torch path in pure torch ops).
-Both are checked against an independent NumPy Philox4x32-10, itself checked against the
-Random123 known-answer vectors.
+The Triton kernels draw Philox4x32-10 followed by the Box-Muller map of ``tl.randn``, eps at
+row r, column c = randn(seed, first_row*Z + r*Z + c); ``reference.philox_randn_ref`` (the torch
+path on CUDA) is the same stream in pure torch ops. Both are checked against an independent
+NumPy Philox4x32-10, itself checked against the Random123 known-answer vectors. The torch path
+on the CPU draws its own cheap stream (a seeded ``torch.randn`` per block of 64 rows), checked
+here against that definition: row r depends on (seed, r) only, on both paths.
 """
 
 from __future__ import annotations
@@ -113,11 +115,11 @@ def _tl_randn(seed: int, offsets: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.interpreter
 @pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**63 - 1, -5])
-def test_draws_are_philox_at_row_major_offsets(backend, backend_name, seed):
-    """Both paths: the kernel's tl.randn, and the torch path's pure-torch Philox."""
-    backend(backend_name)
+def test_kernel_draws_are_philox_at_row_major_offsets(backend, seed):
+    """The kernel's tl.randn at offset first_row * Z + flat index."""
+    backend("triton")
     S, B, Z = 2, 5, 7
     z, _ = fastvae.reparameterize(torch.zeros(S, B, Z), torch.zeros(S, B, Z), seed=seed)
     expected = _tl_randn(seed, np.arange(S * B * Z)).reshape(S, B, Z)
@@ -127,21 +129,50 @@ def test_draws_are_philox_at_row_major_offsets(backend, backend_name, seed):
     np.testing.assert_allclose(z_tail.double().numpy(), _tl_randn(seed, np.arange(4 * Z, 7 * Z)).reshape(3, Z), rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**63 - 1, -5])
+def test_reference_philox_is_the_kernel_stream(seed):
+    """``reference.philox_randn_ref`` (the torch path's draw on CUDA) is tl.randn's stream."""
+    from fastvae import reference
+
+    offsets = torch.arange(3 * 7, 3 * 7 + 50)
+    eps = reference.philox_randn_ref(torch.tensor([seed]), offsets)
+    np.testing.assert_allclose(eps.double().numpy(), _tl_randn(seed, offsets.numpy()), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 - 1, -5])
+def test_cpu_torch_path_draws_seeded_randn_blocks(backend, seed):
+    """On the CPU the torch path's eps of row r is row r % 64 of torch.randn((64, Z)) from a
+    generator seeded with derive_seed(seed, "reparameterize", r // 64); rows cross blocks."""
+    from fastvae.data.seeding import derive_seed
+
+    backend("torch")
+    Z, first, rows = 5, 60, 80  # rows 60..139: blocks 0, 1 and 2
+    blocks = [torch.randn((64, Z), generator=torch.Generator().manual_seed(derive_seed(seed, "reparameterize", b)))
+              for b in range(3)]
+    expected = torch.cat(blocks)[first:first + rows]
+    z, _ = fastvae.reparameterize(torch.zeros(rows, Z), torch.zeros(rows, Z), seed=seed, first_row=first)
+    assert torch.equal(z, expected)
+    # a shard draws exactly the rows the whole batch draws
+    whole, _ = fastvae.reparameterize(torch.zeros(200, Z), torch.zeros(200, Z), seed=seed)
+    assert torch.equal(whole[first:first + rows], z)
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
-def test_both_backends_draw_the_same_noise(monkeypatch, dtype):
-    """The same seed gives the same z on the torch path and the Triton path (to float32
-    rounding of log / cos). (seed=None is not compared: the torch path then uses randn_like.)"""
+def test_kernels_draw_the_reference_philox_noise(monkeypatch, dtype):
+    """The same seed gives the same z on the Triton path and through ``reference.philox_randn_ref``
+    (to float32 rounding of log / cos)."""
+    from fastvae import reference
+
     mu = torch.randn(7, 13, generator=torch.Generator().manual_seed(1)).to(dtype)
     logvar = torch.randn(7, 13, generator=torch.Generator().manual_seed(2)).to(dtype)
-    z = {}
-    for name in ("torch", "triton"):
-        monkeypatch.setenv("FASTVAE_BACKEND", name)
-        torch.manual_seed(11)
-        z[name] = [fastvae.reparameterize(mu, logvar, seed=77)[0], fastvae.reparameterize(mu, logvar, seed=78, first_row=3)[0]]
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
     tol = {torch.float64: 2e-6, torch.float32: 2e-6, torch.float16: 2e-3}[dtype]
-    for a, b in zip(z["torch"], z["triton"]):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for seed, first in ((77, 0), (78, 3)):
+        z, _ = fastvae.reparameterize(mu, logvar, seed=seed, first_row=first)
+        eps = reference.philox_randn_ref(torch.tensor([seed]), torch.arange(mu.numel()) + first * 13).reshape(mu.shape)
+        expected, _ = reference.reparameterize_ref(mu, logvar, eps.to(dtype))
+        torch.testing.assert_close(z, expected, rtol=tol, atol=tol)
 
 
 # ---- determinism and seeds ----
