@@ -62,22 +62,17 @@ def _examples_step(spec: training.ModelSpec, x: torch.Tensor):
 
 
 def _fastvae_step(spec: training.ModelSpec, x: torch.Tensor):
-    from fastvae.models import VAE, ModelConfig
+    from fastvae.models import MLPConfig, build_model
+    from fastvae.step import Noise
+    from fastvae.train_step import ObjectiveModule, TrainStep, make_optimizer
 
     torch.manual_seed(0)
-    model = VAE(ModelConfig(data_dim=training.DATA_DIM, latent_dim=spec.latent, hidden_dim=spec.hidden,
-                            activation=spec.activation, init=spec.init))
-    opt = torch.optim.Adagrad(model.parameters(), lr=spec.lr) if spec.optimizer == "adagrad" else \
-        torch.optim.Adam(model.parameters(), lr=spec.lr)
-
-    def step():
-        out = model(x)
-        loss = model.loss(out, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    model = build_model(MLPConfig(latent_dim=spec.latent, hidden_dim=spec.hidden, activation=spec.activation,
+                                  init=spec.init), (training.DATA_DIM,), "bernoulli")
+    opt = make_optimizer(spec.optimizer, model.parameters(), spec.lr, 0.0, CPU)
+    step = TrainStep(ObjectiveModule(model, "bernoulli"), opt)
+    noise, beta = Noise.from_int(0), torch.ones(())
+    return lambda: step(x, noise, beta)
 
 
 @pytest.mark.parametrize("contender", ["examples-loop", "fastvae"])

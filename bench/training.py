@@ -247,30 +247,20 @@ def run_examples_loop(spec: ModelSpec, data: Data, device: torch.device, samples
 
 # --------------------------------------------------------------------------- fastvae's trainer
 def trainer_config(spec: ModelSpec, data: Data, device: torch.device, samples: int, log_every: int,
-                   out: Path, compile_mode: str, seed: int = 0):
+                   out: Path, compile_mode: str, seed: int = 0, threads: int | None = None):
     """A ``fastvae.trainer.TrainConfig`` for ``spec``: the same model, optimiser and data as the loop."""
+    from fastvae.models import MLPConfig
     from fastvae.trainer import TrainConfig
 
-    wanted = dict(
+    return TrainConfig(
         data=str(data.train_path), test_data=str(data.test_path), binarize="none", likelihood="bernoulli",
-        latent_dim=spec.latent, hidden_dim=spec.hidden, depth=1, activation=spec.activation, init=spec.init,
+        model=MLPConfig(latent_dim=spec.latent, hidden_dim=spec.hidden, depth=1, activation=spec.activation,
+                        init=spec.init),
         batch_size=spec.batch, samples=samples, optimizer=spec.optimizer, lr=spec.lr,
         weight_decay=None if spec.prior_decay else 0.0, seed=seed, device=device.type, out=str(out),
         log_every=log_every, eval_every=10**9, checkpoint_every=10**9, eval_examples=len(data.test),
+        compile=compile_mode, threads=threads,
     )
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if "compile" in fields:
-        if isinstance(fields["compile"].default, bool):  # compile: bool (+ cuda_graphs: bool)
-            wanted["compile"] = compile_mode != "none"
-            if "cuda_graphs" in fields:
-                wanted["cuda_graphs"] = compile_mode == "reduce-overhead"
-        else:
-            wanted["compile"] = compile_mode
-    elif compile_mode != "none":
-        raise RuntimeError("this fastvae's TrainConfig has no compile option")
-    if "samples" not in fields and "epochs" in fields:
-        wanted["epochs"] = samples / len(data.train)
-    return TrainConfig(**{k: v for k, v in wanted.items() if k in fields})
 
 
 def read_metrics(path: Path) -> Trajectory:
@@ -286,34 +276,24 @@ def read_metrics(path: Path) -> Trajectory:
 
 
 def run_fastvae_trainer(spec: ModelSpec, data: Data, device: torch.device, samples: int, log_every: int,
-                        out: Path, compile_mode: str = "none", seed: int = 0) -> RunOutcome:
-    from fastvae.models import VAE, ModelConfig
+                        out: Path, compile_mode: str = "none", seed: int = 0, threads: int | None = None) -> RunOutcome:
+    from fastvae.runs import load_run
     from fastvae.trainer import train
 
-    cfg = trainer_config(spec, data, device, samples, log_every, out, compile_mode, seed)
+    cfg = trainer_config(spec, data, device, samples, log_every, out, compile_mode, seed, threads)
     t_start = time.perf_counter()
     result = train(cfg)
     end_to_end = time.perf_counter() - t_start
     traj = read_metrics(Path(result.out_dir) / "metrics.csv")
-    weights = Path(result.out_dir) / "model.safetensors"
-    elbo = None
-    if weights.exists():
-        from safetensors.torch import load_file
-
-        model = VAE(ModelConfig(data_dim=DATA_DIM, latent_dim=spec.latent, hidden_dim=spec.hidden,
-                                activation=spec.activation, likelihood="bernoulli", init=spec.init))
-        model.load_state_dict(load_file(str(weights)))
-        model.to(device).eval()
-        elbo = test_elbo(model.encoder, model.decoder, data.test, device)
-    elif result.test_elbo is not None:
-        elbo = float(result.test_elbo)
+    model = load_run(result.out_dir, device=device.type).model
+    elbo = test_elbo(model.encode, model.decode, data.test, device, shape=model.example_shape)
     return RunOutcome(traj, end_to_end, elbo, int(result.samples_seen), int(result.steps))
 
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def test_elbo(encode: Callable, decode_logits: Callable, x_test: np.ndarray, device: torch.device,
-              seed: int = 1234, batch: int = 1000) -> float:
+              seed: int = 1234, batch: int = 1000, shape: tuple[int, ...] = (DATA_DIM,)) -> float:
     """Mean single-sample ELBO per test example (nats), z = mu + sigma * eps with a fixed-seed
     generator, log-likelihood and KL from ``fastvae.reference``: the same estimator for every
     contender, whatever code trained the model."""
@@ -322,9 +302,9 @@ def test_elbo(encode: Callable, decode_logits: Callable, x_test: np.ndarray, dev
     x_all = torch.from_numpy(x_test).float()
     for start in range(0, len(x_all), batch):
         x = x_all[start:start + batch].to(device)
-        mu, logvar = encode(x)
+        mu, logvar = encode(x.view(-1, *shape))
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, device=device, generator=g)
-        ll = reference.bernoulli_log_likelihood_ref(decode_logits(z), x)
+        ll = reference.bernoulli_log_likelihood_ref(decode_logits(z).reshape(x.shape), x)
         total += float((ll - reference.kl_standard_normal_ref(mu, logvar)).sum())
     return total / len(x_all)
 

@@ -2,6 +2,8 @@
 
     fastvae train                              # the paper's AEVB on the embedded digits, ~1 min on a CPU
     fastvae train --data fashion-mnist --latent 2 --device cuda --out runs/fm2
+    fastvae train --data fashion-mnist --arch conv --out runs/fm-conv
+    fastvae train --model my_package.models:MyVAE --model-args '{"width": 64}' --out runs/mine
     fastvae eval runs/fm2 --samples 1000       # one JSON object: test_elbo, log_px, ...
     fastvae plot runs/fm2                      # PNGs: ELBO curves, reconstructions, samples, manifold
     torchrun --nproc-per-node 4 -m fastvae train --device cuda ...
@@ -13,13 +15,17 @@ Bad flags, missing files and bad data end in one line on stderr and a non-zero e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .train_config import BINARIZATIONS, COMPILE_MODES, OPTIMIZERS, TrainConfig
+from .models.config import ARCHS
+from .settings import flag_of, settings_fields, value_type
+from .train_config import TrainConfig
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -51,55 +57,90 @@ def _number_parser(kind: type, lowest: float, inclusive: bool, what: str):
 
 
 _positive_int = _number_parser(int, 1, True, "a positive integer")
-_non_negative_int = _number_parser(int, 0, True, "a non-negative integer")
-_positive_float = _number_parser(float, 0.0, False, "a positive finite number")
-_non_negative_float = _number_parser(float, 0.0, True, "a non-negative finite number")
+
+
+def _json_object(text: str) -> dict:
+    """An argparse ``type=`` for ``--model-args``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hidden\": 64}}', got {text!r}")
+    return value
+
+
+def _value_parser(f: dataclasses.Field, owner: type):
+    """The argparse ``type=`` of a setting: its kind, and its lower bound if it has one."""
+    kind, _ = value_type(f, owner)
+    if kind is dict:
+        return _json_object
+    if kind not in (int, float):
+        return str
+    lowest, inclusive = (f.metadata["minimum"], True) if f.metadata.get("minimum") is not None else \
+        (f.metadata.get("above"), False)
+    if lowest is None:
+        return _number_parser(kind, -math.inf, False, "an integer" if kind is int else "a finite number")
+    if kind is int:
+        what = "a positive integer" if lowest == 1 else f"an integer >= {lowest:g}"
+        if lowest == 0:
+            what = "a non-negative integer"
+        return _number_parser(int, lowest, inclusive, what)
+    what = "a positive finite number" if lowest == 0 and not inclusive else "a non-negative finite number"
+    return _number_parser(float, lowest, inclusive, what)
+
+
+def _add_setting(target, f: dataclasses.Field, owner: type, default, help_default: str | None = None) -> None:
+    """One flag for setting ``f`` of ``owner``, from its declaration."""
+    kind, _ = value_type(f, owner)
+    meta = f.metadata
+    shown = help_default if help_default is not None else (None if default is None or default is False else f"{default}")
+    help_text = meta["help"] + (f" (default: {shown})" if shown else "")
+    if kind is bool:
+        target.add_argument(flag_of(f), dest=f.name, action="store_true", default=default, help=help_text)
+        return
+    metavar = None if meta.get("choices") else flag_of(f).lstrip("-").upper().replace("-", "_")
+    target.add_argument(flag_of(f), dest=f.name, type=_value_parser(f, owner), choices=meta.get("choices"),
+                        default=default, metavar=metavar, help=help_text.replace("%", "%%"))
+
+
+#: Settings that exclude each other on the command line (argparse says so in one line).
+_EXCLUSIVE = (("epochs", "samples"),)
+
+
+def _arch_fields() -> dict[str, tuple[dataclasses.Field, type]]:
+    """The union of the architectures' settings: name -> (field, a class that has it)."""
+    fields: dict[str, tuple[dataclasses.Field, type]] = {}
+    for cls in ARCHS.values():
+        for f in settings_fields(cls):
+            fields.setdefault(f.name, (f, cls))
+    return fields
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a VAE with AEVB", description="Train a VAE with AEVB (minibatch, L=1).")
-    d = TrainConfig()
-    p.add_argument("--data", default=d.data,
-                   help="digits (embedded 8x8 UCI digits), fashion-mnist (Debian package dataset-fashion-mnist), "
-                        "a directory of MNIST-format IDX files, or a .npy / IDX file (default: %(default)s)")
-    p.add_argument("--test-data", default=None, help="held-out data file for a PATH --data (default: split off)")
-    p.add_argument("--likelihood", choices=("bernoulli", "gaussian", "continuous_bernoulli"), default=d.likelihood,
-                   help="decoder distribution (default: %(default)s)")
-    p.add_argument("--binarize", choices=BINARIZATIONS, default=d.binarize,
-                   help="bernoulli data: dynamic (fresh draw per epoch), threshold (x > 0.5), none; "
-                        "auto = dynamic for bernoulli (default: %(default)s)")
-    p.add_argument("--latent", type=_positive_int, default=d.latent_dim, help="latent size Nz (default: %(default)s)")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden_dim, help="hidden units per layer (default: %(default)s)")
-    p.add_argument("--depth", type=_positive_int, default=d.depth, help="hidden layers in encoder and decoder (default: %(default)s)")
-    p.add_argument("--activation", choices=("tanh", "relu", "softplus", "elu", "gelu"), default=d.activation,
-                   help="hidden activation (default: %(default)s)")
-    p.add_argument("--decoder-variance", choices=("per_example", "per_feature"), default=d.decoder_variance,
-                   help="gaussian decoder: a logvar per pixel and example, or one learned per pixel (default: %(default)s)")
-    p.add_argument("--squash-mean", action="store_true", help="gaussian decoder: sigmoid on the mean (the paper's Frey Face model)")
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size M per process (default: %(default)s)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_float, default=None, help="passes over the training set")
-    length.add_argument("--samples", type=_positive_int, default=None, help="training examples to process in total (default: 2,000,000 when neither is given)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="(default: %(default)s, as the paper)")
-    p.add_argument("--lr", type=_positive_float, default=None, help="step size (default: 0.02 Adagrad, 1e-3 Adam)")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=None,
-                   help="L2 weight decay (default: 1/N_train, the paper's N(0, I) prior on the weights)")
-    p.add_argument("--beta", type=_non_negative_float, default=d.beta, help="KL weight (default: %(default)s)")
-    p.add_argument("--kl-warmup", type=_non_negative_int, default=d.kl_warmup,
-                   help="steps over which the KL weight rises linearly from 0 to beta (default: %(default)s)")
-    p.add_argument("--seed", type=_non_negative_int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="(default: %(default)s)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (the loss still accumulates in fp32)")
-    p.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
-                   help="torch.compile the training step; reduce-overhead captures it in CUDA graphs (default: %(default)s)")
-    p.add_argument("--memory-budget-mb", type=_positive_float, default=None,
-                   help="stream the data from a memory map when it is larger than this (default: fits in device memory)")
-    p.add_argument("--out", default=d.out, help="output directory (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
-    p.add_argument("--log-every", type=_positive_int, default=d.log_every, help="steps between metrics rows (default: %(default)s)")
-    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="steps between test-ELBO evaluations (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every,
-                   help="steps between checkpoints (default: %(default)s)")
+    p = sub.add_parser("train", help="train a VAE with AEVB",
+                       description="Train a VAE with AEVB (minibatch, L=1): fastvae's --arch mlp/conv or your "
+                                   "own --model. Every flag is a TrainConfig setting.")
+    defaults = TrainConfig()
+    groups = {}
+    for pair in _EXCLUSIVE:
+        group = p.add_mutually_exclusive_group()
+        groups.update({name: group for name in pair})
+    which_model = p.add_mutually_exclusive_group()
+    for f in settings_fields(TrainConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        if f.name == "model_class":
+            which_model.add_argument("--arch", choices=tuple(ARCHS), default=None,
+                                     help="fastvae's architecture: mlp (the paper's MLPs) or conv (strided "
+                                          "convolutions, for images of any H x W x C) (default: mlp)")
+            _add_setting(which_model, f, TrainConfig, None)
+            continue
+        _add_setting(groups.get(f.name, p), f, TrainConfig, getattr(defaults, f.name))
+    arch = p.add_argument_group("architecture (--arch) settings")
+    for name, (f, owner) in _arch_fields().items():
+        per_arch = ", ".join(f"{a} {getattr(cls(), name)}" for a, cls in ARCHS.items() if hasattr(cls(), name))
+        _add_setting(arch, f, owner, None, per_arch)
 
 
 def _add_eval(sub) -> None:
@@ -136,15 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        data=args.data, test_data=args.test_data, binarize=args.binarize, memory_budget_mb=args.memory_budget_mb,
-        likelihood=args.likelihood, latent_dim=args.latent, hidden_dim=args.hidden, depth=args.depth,
-        activation=args.activation, decoder_variance=args.decoder_variance, squash_mean=args.squash_mean,
-        batch_size=args.batch_size, epochs=args.epochs, samples=args.samples, optimizer=args.optimizer,
-        lr=args.lr, weight_decay=args.weight_decay, beta=args.beta, kl_warmup=args.kl_warmup, seed=args.seed,
-        device=args.device, amp=args.amp, compile=args.compile, out=args.out, resume=args.resume,
-        log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-    )
+    """The TrainConfig the parsed ``train`` flags describe (ValueError for flags that do not fit)."""
+    values = {f.name: getattr(args, f.name) for f in settings_fields(TrainConfig) if f.metadata.get("cli", True)}
+    given = {name: getattr(args, name) for name in _arch_fields() if getattr(args, name) is not None}
+    if values["model_class"] is not None:
+        if given:
+            flags = ", ".join(flag_of(_arch_fields()[n][0]) for n in given)
+            raise ValueError(f"{flags} set fastvae's architectures (--arch); your --model takes --model-args")
+        return TrainConfig(**values, model=None)
+    cls = ARCHS[args.arch or "mlp"]
+    own = {f.name for f in settings_fields(cls)}
+    foreign = [flag_of(_arch_fields()[n][0]) for n in given if n not in own]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} does not apply to --arch {cls.arch}")
+    return TrainConfig(**values, model=cls(**given))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
 from .metrics_log import read_metrics  # noqa: E402
+from .models.interface import latent_dim_of, manifold, reconstruct, sample_prior  # noqa: E402
 from .runs import load_run  # noqa: E402
 
 DPI = 100
@@ -32,14 +33,24 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
 
 
 def image_grid(images: np.ndarray, shape: tuple[int, ...], columns: int) -> np.ndarray:
-    """(n, D) rows as one tiled grey image; rows reshaped to ``shape`` (H, W) or shown as 1 x D strips."""
-    h, w = (shape if len(shape) == 2 else (1, images.shape[1]))
+    """(n, D) rows as one tiled image: rows reshaped to ``shape`` — (H, W) grey, (H, W, C)
+    channels-last (C = 3 shown as colour, other C as grey tiles of the channel mean) — or shown
+    as 1 x D strips for vector data. Returns (rows, cols) grey or (rows, cols, 3) colour."""
+    if len(shape) == 3 and shape[2] == 3:
+        h, w, c = shape
+    elif len(shape) == 3:
+        h, w, c = shape[0], shape[1], 1
+        images = images.reshape(len(images), h, w, shape[2]).mean(-1).reshape(len(images), -1)
+    elif len(shape) == 2:
+        (h, w), c = shape, 1
+    else:
+        h, w, c = 1, images.shape[1], 1
     rows = math.ceil(len(images) / columns)
-    grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1), dtype=np.float32)
+    grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, c), dtype=np.float32)
     for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = image.reshape(h, w)
-    return grid
+        r, col = divmod(i, columns)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = image.reshape(h, w, c)
+    return grid[..., 0] if c == 1 else grid
 
 
 def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
@@ -61,34 +72,37 @@ def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
 
 def _show_grid(grid: np.ndarray, title: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
-    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title)
     return save_figure(fig, out)
 
 
-def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10) -> list[Path]:
-    """Write the run's figures into ``run_dir``; returns their paths."""
+def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10, model: torch.nn.Module | None = None) -> list[Path]:
+    """Write the run's figures into ``run_dir``; returns their paths (``model``: see ``load_run``)."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir, device)
-    shape = tuple(run.dataset.example_shape)
+    run = load_run(run_dir, device, model)
+    shape = run.example_shape
     written = []
     metrics = run_dir / "metrics.csv"
     if metrics.exists():
         written.append(plot_elbo_curves(metrics, run_dir / "elbo.png"))
 
     x = run.test_tensor(limit=n * n // 2)
-    recon = run.model.reconstruct(x).float().clamp(0, 1).cpu().numpy()
-    pairs = np.stack([x.cpu().numpy(), recon], axis=1).reshape(-1, x.shape[1])  # data, reconstruction, ...
+    rows = x.reshape(x.shape[0], -1)
+    recon = reconstruct(run.model, run.likelihood, x).float().clamp(0, 1).cpu().numpy()
+    pairs = np.stack([rows.cpu().numpy(), recon], axis=1).reshape(-1, rows.shape[1])  # data, reconstruction, ...
     written.append(_show_grid(image_grid(pairs, shape, n + n % 2),
                               "data | reconstruction (decoded mean at z = mu)", run_dir / "reconstructions.png"))
 
+    latent_dim = latent_dim_of(run.model, x)
     generator = torch.Generator(device=run.device).manual_seed(run.config.seed)
-    samples = run.model.sample(n * n, generator=generator).float().clamp(0, 1).cpu().numpy()
-    written.append(_show_grid(image_grid(samples, shape, n), "samples: decoded means, z ~ N(0, I)", run_dir / "samples.png"))
+    samples = sample_prior(run.model, run.likelihood, n * n, latent_dim, run.device, generator)
+    written.append(_show_grid(image_grid(samples.float().clamp(0, 1).cpu().numpy(), shape, n),
+                              "samples: decoded means, z ~ N(0, I)", run_dir / "samples.png"))
 
-    if run.model.cfg.latent_dim == 2:
-        means = run.model.manifold(n).reshape(n * n, -1).float().clamp(0, 1).cpu().numpy()
+    if latent_dim == 2:
+        means = manifold(run.model, run.likelihood, n, run.device).reshape(n * n, -1).float().clamp(0, 1).cpu().numpy()
         written.append(_show_grid(image_grid(means, shape, n), "learned 2-D manifold (prior quantiles)",
                                   run_dir / "manifold.png"))
     return written

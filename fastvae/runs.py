@@ -1,5 +1,10 @@
 """A finished (or checkpointed) training run directory: reload its model and data, evaluate it.
 
+The model is rebuilt from what the checkpoint records: fastvae's architecture from its config,
+or your class from its class path and ``model_args`` (``--model``); a model you constructed
+yourself and handed to ``train(cfg, model=...)`` is rebuilt with no arguments, or pass an
+instance: ``load_run(run_dir, model=MyVAE(...))``. Checkpoints of fastvae 0.1 load too.
+
 >>> run = load_run("runs/digits")
 >>> evaluate_run("runs/digits", n_samples=1000)
 {'test_elbo': ..., 'log_px': ..., ...}
@@ -12,22 +17,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import load_checkpoint
 from .data import Dataset, load_dataset
 from .distributed import setup_process_group
 from .evaluation import dataset_elbo, dataset_log_px
-from .models import VAE, ModelConfig
+from .models import build_model, class_path
+from .models.interface import construct
 from .train_config import TrainConfig
 
 
 @dataclass
 class Run:
     config: TrainConfig
-    model: VAE
+    model: nn.Module
     dataset: Dataset
     step: int
     device: torch.device
+
+    @property
+    def likelihood(self) -> str:
+        return self.config.likelihood
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset.example_shape)
 
     def test_tensor(self, limit: int | None = None) -> torch.Tensor:
         """Held-out examples (the training set if there is none), prepared as in training."""
@@ -35,10 +50,10 @@ class Run:
 
 
 def held_out_tensor(dataset: Dataset, config: TrainConfig, device: torch.device, limit: int | None = None) -> torch.Tensor:
-    """The test rows (the training rows if there is no test set) as the model sees data: float32
-    features on ``device``, binarised as in training (thresholded, or one fixed stochastic
-    binarisation seeded by the run's seed)."""
-    x = dataset.tensor("test" if dataset.test is not None else "train", device, limit=limit)
+    """The test examples (the training ones if there is no test set) as the model sees data:
+    float32 (N, *example_shape) on ``device``, binarised as in training (thresholded, or one fixed
+    stochastic binarisation seeded by the run's seed)."""
+    x = dataset.tensor("test" if dataset.test is not None else "train", device, limit=limit, shaped=True)
     if config.binarization == "threshold":
         return (x > 0.5).float()
     if config.binarization == "dynamic":
@@ -46,29 +61,47 @@ def held_out_tensor(dataset: Dataset, config: TrainConfig, device: torch.device,
     return x
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> Run:
+def _rebuild(state: dict[str, Any], config: TrainConfig, dataset: Dataset, model: nn.Module | None) -> nn.Module:
+    recorded = state.get("model_class")
+    if model is not None:
+        if recorded is not None and class_path(model) != recorded:
+            raise ValueError(f"the run's model is a {recorded}, not a {class_path(model)}")
+        return model
+    if config.model is not None:
+        shape = tuple(state.get("example_shape") or dataset.example_shape)
+        return build_model(config.model, shape, config.likelihood)
+    try:
+        return construct(config.model_class, config.model_args)
+    except (TypeError, ValueError, ImportError) as exc:
+        raise type(exc)(f"{exc}; rebuild it yourself and pass it: load_run(run_dir, model=...)") from exc
+
+
+def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None = None) -> Run:
+    """The run in ``run_dir`` with its trained weights (``model``: an instance of its class to load
+    them into, for a model that cannot be rebuilt from its class path)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     state = load_checkpoint(run_dir)
     config = TrainConfig.from_dict(state["config"])
     torch_device = setup_process_group(device).device
-    model = VAE(ModelConfig(**state["model_config"]))
+    dataset = load_dataset(config.data, test=config.test_data)
+    model = _rebuild(state, config, dataset, model)
     model.load_state_dict(state["model"])
     model.to(torch_device).eval()
-    dataset = load_dataset(config.data, test=config.test_data)
     return Run(config, model, dataset, int(state["step"]), torch_device)
 
 
-def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_examples: int = 1000, device: str = "auto") -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_examples: int = 1000, device: str = "auto",
+                 model: nn.Module | None = None) -> dict[str, Any]:
     """Test ELBO over the whole test set, importance-sampled log p(x) over its first ``n_examples``."""
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, model)
     x = run.test_tensor()
     return {
         "run": str(run_dir),
         "step": run.step,
-        "test_elbo": dataset_elbo(run.model, x),
-        "log_px": dataset_log_px(run.model, x[:n_examples], n_samples=n_samples),
+        "test_elbo": dataset_elbo(run.model, x, likelihood=run.likelihood),
+        "log_px": dataset_log_px(run.model, x[:n_examples], n_samples=n_samples, likelihood=run.likelihood),
         "importance_samples": n_samples,
         "test_examples_elbo": int(x.shape[0]),
         "test_examples_log_px": int(min(n_examples, x.shape[0])),

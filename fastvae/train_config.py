@@ -1,4 +1,15 @@
-"""``TrainConfig``: every setting of a training run, validated, saved in each checkpoint."""
+"""``TrainConfig``: every setting of a training run, declared once, validated, saved in each checkpoint.
+
+The model's settings live in ``model`` (fastvae's architectures: :class:`MLPConfig`, the default,
+or :class:`ConvConfig`), or the run trains a class of yours (``model_class`` + ``model_args``,
+or an instance handed to ``fastvae.trainer.train(cfg, model=...)``). The CLI's flags, their
+choices and help come from these declarations (:mod:`fastvae.settings`), and so does
+``--resume``'s check: every setting declared ``resume="same"`` must match the checkpoint.
+
+>>> cfg = TrainConfig(data="digits", model=MLPConfig(latent_dim=2), epochs=5, out="runs/demo")
+>>> cfg.model.latent_dim
+2
+"""
 
 from __future__ import annotations
 
@@ -7,93 +18,88 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .likelihood import LIKELIHOODS
-from .models import ACTIVATIONS, DECODER_VARIANCES, INITS
+from .models.config import ConvConfig, MLPConfig, ModelConfig, model_config_from_dict, model_config_to_dict
+from .settings import free_settings, setting, validate
 
 OPTIMIZERS = ("adagrad", "adam")
 BINARIZATIONS = ("auto", "dynamic", "threshold", "none")
-COMPILE_MODES = ("none", "default", "reduce-overhead")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "step")
+DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_LR = {"adagrad": 0.02, "adam": 1e-3}
+#: Training length when neither epochs nor samples is given: about a minute on the digits on a CPU.
+DEFAULT_SAMPLES = 2_000_000
+#: Settings of checkpoints written before the model config moved into ``model`` (fastvae 0.1).
+_V1_MODEL_KEYS = ("latent_dim", "hidden_dim", "depth", "activation", "decoder_variance", "squash_mean", "init")
 
 
 @dataclass
 class TrainConfig:
-    """A training run. Defaults: the paper's AEVB (M=100, L=1, Adagrad) on the embedded digits.
-
-    >>> cfg = TrainConfig(data="digits", latent_dim=2, epochs=5, out="runs/demo")
-    """
+    """A training run. Defaults: the paper's AEVB (M=100, L=1, Adagrad) on the embedded digits."""
 
     # data
-    data: str = "digits"
-    test_data: Optional[str] = None
-    binarize: str = "auto"  # auto: dynamic for bernoulli, none otherwise
-    memory_budget_mb: Optional[float] = None  # above it, data is streamed from a memory map
+    data: str = setting("digits", "digits (embedded 8x8 UCI digits), fashion-mnist (Debian package "
+                        "dataset-fashion-mnist), a directory of MNIST-format IDX files, or a .npy / IDX file")
+    test_data: Optional[str] = setting(None, "held-out data file for a PATH --data (default: split off)",
+                                       resume="free")
+    binarize: str = setting("auto", "bernoulli data: dynamic (fresh draw per epoch), threshold (x > 0.5), none; "
+                            "auto = dynamic for bernoulli", choices=BINARIZATIONS)
+    memory_budget_mb: Optional[float] = setting(
+        None, "stream the data from a memory map when it is larger than this (default: fits in device memory)",
+        above=0, resume="free")
     # model
-    likelihood: str = "bernoulli"
-    latent_dim: int = 20
-    hidden_dim: int = 500
-    depth: int = 1
-    activation: str = "tanh"
-    decoder_variance: str = "per_example"
-    squash_mean: bool = False
-    init: str = "paper"
+    model: Optional[ModelConfig] = setting(None, "fastvae's architecture (default MLPConfig(); None with model_class)",
+                                           cli=False)
+    model_class: Optional[str] = setting(None, "train your own model: an importable nn.Module class with "
+                                         "encode(x) -> (mu, logvar) and decode(z), as package.module:ClassName",
+                                         flag="--model")
+    model_args: dict = setting(help="--model's constructor keyword arguments, as JSON", default_factory=dict)
+    likelihood: str = setting("bernoulli", "decoder distribution p(x|z)", choices=LIKELIHOODS)
+    # objective
+    beta: float = setting(1.0, "KL weight", minimum=0)
+    kl_warmup: int = setting(0, "steps over which the KL weight rises linearly from 0 to beta", minimum=0)
     # optimisation
-    batch_size: int = 100  # per process; the global batch is batch_size * world size
-    epochs: Optional[float] = None
-    samples: Optional[int] = None  # training samples to process; default (neither given) 2,000,000
-    optimizer: str = "adagrad"
-    lr: Optional[float] = None  # None: 0.02 for Adagrad, 1e-3 for Adam
-    weight_decay: Optional[float] = None  # None: the paper's N(0, I) prior, i.e. 1 / N_train
-    beta: float = 1.0
-    kl_warmup: int = 0  # steps over which the KL weight rises linearly from 0 to beta
-    seed: int = 0
+    batch_size: int = setting(100, "minibatch size M per process (the global batch is M x processes)", minimum=1)
+    epochs: Optional[float] = setting(None, "passes over the training set", above=0, resume="free")
+    samples: Optional[int] = setting(None, "training examples to process in total (default: 2,000,000 when "
+                                     "neither is given)", minimum=1, resume="free")
+    optimizer: str = setting("adagrad", "adagrad (the paper's) or adam", choices=OPTIMIZERS)
+    lr: Optional[float] = setting(None, "step size (default: 0.02 Adagrad, 1e-3 Adam)", above=0)
+    weight_decay: Optional[float] = setting(None, "L2 weight decay (default: 1/N_train, the paper's N(0, I) "
+                                            "prior on the weights)", minimum=0)
+    seed: int = setting(0, "seeds the weights, the batches, binarisation and the noise", minimum=0)
     # execution
-    device: str = "auto"
-    amp: bool = False  # bf16 autocast on CUDA; the loss still accumulates in fp32
-    compile: str = "none"
+    device: str = setting("auto", "auto: cuda when available", choices=DEVICES, resume="free")
+    amp: bool = setting(False, "bf16 autocast on CUDA (the loss still accumulates in fp32)")
+    compile: str = setting("none", "torch.compile: default = forward+loss (AOT compiles the backward); "
+                           "reduce-overhead = that, replayed as CUDA graphs; step = the whole step, forward, "
+                           "backward and optimizer update, captured on CUDA as one CUDA graph",
+                           choices=COMPILE_MODES, resume="free")
+    threads: Optional[int] = setting(None, "CPU intra-op threads (default: 1 for models too small to gain "
+                                     "from threads, else the cores not busy with other work)",
+                                     minimum=1, resume="free")
     # bookkeeping
-    out: str = "runs/fastvae"
-    resume: bool = False
-    log_every: int = 50
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
-    eval_examples: int = 10000  # test examples used by the periodic test-ELBO evaluation
+    out: str = setting("runs/fastvae", "output directory", resume="free")
+    resume: bool = setting(False, "continue exactly from OUT/checkpoint.pt", resume="free")
+    log_every: int = setting(50, "steps between metrics rows", minimum=1, resume="free")
+    progress_every: float = setting(30.0, "seconds between progress lines when the output is not a terminal "
+                                    "(a terminal gets a progress bar)", above=0, resume="free")
+    eval_every: int = setting(1000, "steps between test-ELBO evaluations", minimum=1, resume="free")
+    checkpoint_every: int = setting(1000, "steps between checkpoints", minimum=1, resume="free")
+    eval_examples: int = setting(10000, "test examples used by the periodic test-ELBO evaluation", minimum=1,
+                                 resume="free")
 
     def __post_init__(self) -> None:
-        choices = {
-            "likelihood": LIKELIHOODS,
-            "activation": tuple(ACTIVATIONS),
-            "decoder_variance": DECODER_VARIANCES,
-            "init": INITS,
-            "optimizer": OPTIMIZERS,
-            "binarize": BINARIZATIONS,
-            "compile": COMPILE_MODES,
-            "device": ("auto", "cpu", "cuda"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive_ints = ("latent_dim", "hidden_dim", "depth", "batch_size", "log_every", "eval_every",
-                         "checkpoint_every", "eval_examples")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
+        if self.model is None and self.model_class is None:
+            self.model = MLPConfig()
+        if self.model is not None and self.model_class is not None:
+            raise ValueError("give model (a built-in architecture) or model_class (your own), not both")
+        if self.model is not None and not isinstance(self.model, (MLPConfig, ConvConfig)):
+            raise TypeError(f"model must be an MLPConfig or a ConvConfig, got {type(self.model).__name__}")
+        if self.model_args and self.model_class is None:
+            raise ValueError("model_args are the arguments of model_class; give model_class too")
+        validate(self)
         if self.epochs is not None and self.samples is not None:
             raise ValueError("give epochs or samples, not both")
-        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
-            raise ValueError(f"samples must be a positive integer, got {self.samples!r}")
-        for name in ("lr", "memory_budget_mb"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if self.weight_decay is not None and not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
-        if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
-            raise ValueError(f"kl_warmup must be a non-negative integer (steps), got {self.kl_warmup!r}")
         if self.binarize in ("dynamic", "threshold") and self.likelihood != "bernoulli":
             raise ValueError(f"binarize={self.binarize!r} only applies to likelihood='bernoulli'")
 
@@ -108,12 +114,26 @@ class TrainConfig:
         return "dynamic" if self.likelihood == "bernoulli" else "none"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["model"] = None if self.model is None else model_config_to_dict(self.model)
+        values["model_args"] = dict(self.model_args)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """From :meth:`to_dict`'s output, or a fastvae 0.1 config (model settings at the top level)."""
+        values = dict(values)
+        if "model" not in values and any(k in values for k in _V1_MODEL_KEYS):
+            values["model"] = {"arch": "mlp", **{k: values.pop(k) for k in _V1_MODEL_KEYS if k in values}}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+        if isinstance(values.get("model"), dict):
+            values["model"] = model_config_from_dict(values["model"])
         return cls(**values)
+
+
+def may_change_on_resume() -> list[str]:
+    """The settings a resumed run may change (their field names); every other one must match."""
+    return [f.name for f in free_settings(TrainConfig)]

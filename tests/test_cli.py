@@ -1,6 +1,7 @@
 """The fastvae command: train -> eval -> plot on the digits, and one-line errors for bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -113,3 +114,100 @@ def test_console_entry_point_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("fastvae: error:")
+
+
+MY_MODEL = '''
+import torch
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, width=8, latent=2):
+        super().__init__()
+        self.enc = torch.nn.Linear(64, 2 * latent)
+        self.dec = torch.nn.Sequential(torch.nn.Linear(latent, width), torch.nn.Tanh(), torch.nn.Linear(width, 64))
+
+    def encode(self, x):
+        return self.enc(x.flatten(1)).chunk(2, dim=-1)
+
+    def decode(self, z):
+        return self.dec(z).reshape(*z.shape[:-1], 8, 8)
+'''
+
+
+def test_train_a_model_class_from_its_path_then_eval_and_plot(tmp_path, capsys, monkeypatch):
+    """--model package.module:Class (+ --model-args JSON); eval and plot find the class from the run."""
+    (tmp_path / "my_vaes.py").write_text(MY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--latent", "2", "--hidden", "16")]
+    assert main(["train", "--model", "my_vaes:Tiny", "--model-args", '{"width": 12}', *tiny, "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 20 and summary["test_elbo"] < 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_class"] == "my_vaes:Tiny" and saved["model_args"] == {"width": 12} and saved["model"] is None
+    assert main(["eval", str(out), "--samples", "5", "--examples", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_px"] < 0
+    assert main(["plot", str(out)]) == 0
+    names = {p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()}
+    assert names == {"elbo.png", "reconstructions.png", "samples.png", "manifold.png"}
+
+
+def test_model_class_path_through_the_console_entry_point(tmp_path):
+    (tmp_path / "my_vaes.py").write_text(MY_MODEL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    tiny = [a for a in TINY if a not in ("--latent", "2", "--hidden", "16")]
+    proc = subprocess.run([sys.executable, "-m", "fastvae", "train", "--model", "my_vaes.Tiny", *tiny,
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 20
+    assert "fastvae digits: step 20/20 (100%)" in proc.stderr  # a progress line: stderr is not a terminal
+
+
+def test_conv_architecture_on_the_digits(tmp_path, capsys):
+    out = tmp_path / "conv"
+    args = ["train", "--arch", "conv", "--latent", "2", "--channels", "4", "--hidden", "16", "--activation", "relu",
+            "--samples", "500", "--batch-size", "50", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["arch"] == "conv"
+    assert main(["plot", str(out)]) == 0
+
+
+def test_every_setting_is_a_flag_with_help():
+    import dataclasses
+
+    from fastvae.cli import build_parser
+    from fastvae.models import ConvConfig, MLPConfig
+    from fastvae.settings import flag_of
+    from fastvae.train_config import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    by_flag = {option: action for action in train._actions for option in action.option_strings}
+    for cls in (TrainConfig, MLPConfig, ConvConfig):
+        for f in dataclasses.fields(cls):
+            if f.name == "model":
+                continue
+            action = by_flag[flag_of(f)]
+            assert action.dest == f.name and len(action.help) > 10, f.name
+            if f.metadata.get("choices"):
+                assert tuple(action.choices) == f.metadata["choices"], f.name
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--channels", "8"], "--channels does not apply to --arch mlp"),
+        (["train", "--model", "x.y:Z", "--hidden", "8"], "--hidden set fastvae's architectures"),
+        (["train", "--model", "no_such_package_here:Model"], "cannot import module 'no_such_package_here'"),
+        (["train", "--model-args", '{"width": 1}'], "model_args are the arguments of model_class"),
+    ],
+)
+def test_model_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_model_args_must_be_a_json_object(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "a:B", "--model-args", "[1, 2]"])
+    assert "--model-args: expected a JSON object" in capsys.readouterr().err

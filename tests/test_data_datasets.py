@@ -25,7 +25,7 @@ def test_digits_default():
     assert torch.equal(ds.tensor("train", limit=10), torch.from_numpy(ds.train[:10]))
     with ds.batches("cpu", 100, seed=0, binarize="dynamic") as b:
         batch = next(iter(b))
-    assert batch.shape == (100, 64) and set(batch.unique().tolist()) <= {0.0, 1.0}
+    assert batch.shape == (100, 8, 8) and set(batch.unique().tolist()) <= {0.0, 1.0}  # each example keeps its shape
 
 
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(), reason="needs apt-get install dataset-fashion-mnist")
@@ -36,7 +36,7 @@ def test_fashion_mnist_package():
     assert ds.example_shape == (28, 28)
     with ds.batches("cpu", 100, seed=0) as b:
         x = next(iter(b))
-    assert x.dtype == torch.float32 and x.shape == (100, 784) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert x.dtype == torch.float32 and x.shape == (100, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
 
 
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ Sigma = diag(1 / (1 + w^2 / s2)), mean = Sigma W^T (x - b) / s2.
 """
 
 import math
-from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -30,25 +30,16 @@ class LinearGaussianVAE(nn.Module):
         self.w = q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
         self.b = torch.randn(D, generator=g, dtype=torch.float64)
         self.shift, self.lv_shift = posterior_shift, posterior_logvar_shift
-        self.cfg = SimpleNamespace(likelihood="gaussian")
+        self.likelihood = "gaussian"
         self.anchor = nn.Parameter(torch.zeros(1, dtype=torch.float64))  # gives the module a device
 
-    def encoder(self, x):
+    def encode(self, x):
         var = 1.0 / (1.0 + (self.w ** 2).sum(0) / S2)
         mean = (x - self.b) @ self.w * var / S2
         return mean + self.shift, (var.log() + self.lv_shift).expand_as(mean)
 
-    def decoder(self, z):
+    def decode(self, z):
         return z @ self.w.T + self.b, torch.tensor(math.log(S2), dtype=torch.float64)
-
-    def forward(self, x, n_samples=None):
-        from fastvae import reparameterize
-
-        mu, logvar = self.encoder(x)
-        if n_samples is not None:
-            mu, logvar = mu.expand(n_samples, *mu.shape), logvar.expand(n_samples, *logvar.shape)
-        z, kl = reparameterize(mu, logvar)
-        return SimpleNamespace(decoder_out=self.decoder(z), kl=kl)
 
     def exact_log_px(self, x):
         cov = self.w @ self.w.T + S2 * torch.eye(D, dtype=torch.float64)
@@ -104,3 +95,14 @@ def test_dataset_means_leave_the_training_rng_alone():
     assert a == dataset_log_px(model, x, n_samples=64, batch_size=7)  # evaluation is seeded: repeatable
     exact = model.exact_log_px(x).mean().item()
     assert abs(a - exact) < 0.05 and abs(b - exact) < 1.0  # b: one draw per example, 30 examples
+
+
+def test_the_test_elbo_does_not_depend_on_the_batch_size():
+    """Row r's noise is row r of the evaluation seed's stream, whatever batches it falls in."""
+    model = LinearGaussianVAE(posterior_shift=0.2)
+    x = model.sample_x(70)
+    per_example = elbo_per_example(model, x)
+    in_pieces = torch.cat([elbo_per_example(model, x[i:i + 9], first_row=i) for i in range(0, 70, 9)])
+    assert torch.equal(per_example, in_pieces)
+    assert dataset_elbo(model, x, batch_size=9) == pytest.approx(dataset_elbo(model, x, batch_size=70), rel=1e-12)
+    assert dataset_elbo(model, x, seed=1) != dataset_elbo(model, x, seed=2)

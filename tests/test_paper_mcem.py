@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fastvae.models import ModelConfig
+from fastvae.models import MLPConfig
 from fastvae.paper.marginal import hmc_proposal_log_px, prior_proposal_log_px
 from fastvae.paper.mcem import MonteCarloEM, log_joint, make_decoder
 
@@ -23,8 +23,8 @@ def toy_data(n=200, d=16, seed=0):
 def test_m_step_increases_the_log_joint_at_the_samples():
     torch.manual_seed(0)
     x = toy_data()
-    cfg = ModelConfig(data_dim=16, latent_dim=2, hidden_dim=20)
-    mcem = MonteCarloEM(make_decoder(cfg), "bernoulli", n_train=200, latent_dim=2, lr=0.05)
+    cfg, data_dim = MLPConfig(latent_dim=2, hidden_dim=20), 16
+    mcem = MonteCarloEM(make_decoder(cfg, data_dim, "bernoulli"), "bernoulli", n_train=200, latent_dim=2, lr=0.05)
     idx = torch.arange(50)
     stats = [mcem.step(x[idx], idx) for _ in range(5)]
     assert all(s.log_joint_m > s.log_joint_e for s in stats)
@@ -35,8 +35,8 @@ def test_m_step_increases_the_log_joint_at_the_samples():
 def test_e_step_adapts_to_ninety_percent_acceptance_and_moves_the_chains():
     torch.manual_seed(1)
     x = toy_data()
-    cfg = ModelConfig(data_dim=16, latent_dim=2, hidden_dim=20)
-    mcem = MonteCarloEM(make_decoder(cfg), "bernoulli", n_train=200, latent_dim=2, lr=0.05, step_size=1.0)
+    cfg, data_dim = MLPConfig(latent_dim=2, hidden_dim=20), 16
+    mcem = MonteCarloEM(make_decoder(cfg, data_dim, "bernoulli"), "bernoulli", n_train=200, latent_dim=2, lr=0.05, step_size=1.0)
     rates = []
     for it in range(150):
         idx = torch.randint(0, 200, (50,))
@@ -51,8 +51,8 @@ def test_e_step_adapts_to_ninety_percent_acceptance_and_moves_the_chains():
 def test_training_increases_the_marginal_likelihood():
     torch.manual_seed(2)
     x = toy_data()
-    cfg = ModelConfig(data_dim=16, latent_dim=2, hidden_dim=20)
-    dec = make_decoder(cfg)
+    cfg, data_dim = MLPConfig(latent_dim=2, hidden_dim=20), 16
+    dec = make_decoder(cfg, data_dim, "bernoulli")
     mcem = MonteCarloEM(dec, "bernoulli", n_train=200, latent_dim=2, lr=0.1)
     before = prior_proposal_log_px(dec, "bernoulli", x, 2, n_samples=2000).mean().item()
     for _ in range(200):
@@ -68,8 +68,8 @@ def test_training_increases_the_marginal_likelihood():
 
 
 def test_log_joint_is_likelihood_plus_standard_normal_prior():
-    cfg = ModelConfig(data_dim=5, latent_dim=2, hidden_dim=3)
-    dec = make_decoder(cfg)
+    cfg, data_dim = MLPConfig(latent_dim=2, hidden_dim=3), 5
+    dec = make_decoder(cfg, data_dim, "bernoulli")
     x = torch.ones(4, 5)
     z = torch.randn(4, 2)
     ref = torch.distributions.Bernoulli(logits=dec(z)).log_prob(x).sum(-1) + torch.distributions.Normal(0, 1).log_prob(z).sum(-1)

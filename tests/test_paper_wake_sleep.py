@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fastvae.evaluation import dataset_elbo
-from fastvae.models import VAE, ModelConfig
+from fastvae.models import MLPConfig, MLPVAE
 from fastvae.paper.wake_sleep import WakeSleep, dream
 
 
@@ -44,7 +44,7 @@ class LinearDecoder(nn.Module):
 
 def linear_model(likelihood):
     torch.manual_seed(0)
-    model = VAE(ModelConfig(data_dim=D, latent_dim=Z, hidden_dim=3, likelihood=likelihood, init="torch"))
+    model = MLPVAE(MLPConfig(latent_dim=Z, hidden_dim=3, init="torch"), (D,), likelihood)
     model.encoder, model.decoder = LinearEncoder(), LinearDecoder(likelihood)
     for p in model.parameters():
         nn.init.normal_(p, 0.0, 0.5)
@@ -122,9 +122,9 @@ def test_mlp_phases_match_an_independent_autograd_computation():
     """On the paper's MLP (tanh, 1 hidden layer) the wake gradient equals that of
     torch.distributions' log-densities computed on a copy of the model."""
     torch.manual_seed(3)
-    cfg = ModelConfig(data_dim=6, latent_dim=2, hidden_dim=4, likelihood="bernoulli", init="torch")
-    model = VAE(cfg).double()
-    ref = VAE(cfg).double()
+    cfg = MLPConfig(latent_dim=2, hidden_dim=4, init="torch")
+    model = MLPVAE(cfg, (6,), "bernoulli").double()
+    ref = MLPVAE(cfg, (6,), "bernoulli").double()
     ref.load_state_dict(model.state_dict())
     ws = WakeSleep(model, lr=1.0, optimizer="sgd")
     x = (torch.rand(B, 6, dtype=torch.float64) < 0.5).double()
@@ -140,7 +140,7 @@ def test_wake_sleep_improves_the_lower_bound_on_toy_data():
     protos = (torch.rand(4, 16) < 0.5).double()
     data = protos[torch.randint(0, 4, (400,))]
     data = torch.where(torch.rand_like(data) < 0.05, 1 - data, data).float()
-    model = VAE(ModelConfig(data_dim=16, latent_dim=2, hidden_dim=20))
+    model = MLPVAE(MLPConfig(latent_dim=2, hidden_dim=20), (16,), "bernoulli")
     ws = WakeSleep(model, lr=0.1, n_train=400)
     before = dataset_elbo(model, data)
     for i in range(200):

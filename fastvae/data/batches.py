@@ -72,6 +72,7 @@ def make_batches(
     divisor: float | None = None,
     binarize: BinarizeMode | str = "none",
     drop_last: bool = True,
+    example_shape: tuple[int, ...] | None = None,
     source: SourceKind = "auto",
     prefetch: int = 3,
     reader: Reader | str = "auto",
@@ -81,7 +82,8 @@ def make_batches(
     """A batch source over ``array``: :class:`DeviceResidentBatches` when it fits, else :class:`StreamingBatches`.
 
     Both give the same batches for the same arguments, so the choice changes speed and memory, never
-    results. ``source`` forces one (``"resident"``/``"streaming"``); see :func:`choose_source` for the
+    results. ``example_shape`` shapes each batch (M, *example_shape) instead of (M, D) rows.
+    ``source`` forces one (``"resident"``/``"streaming"``); see :func:`choose_source` for the
     budget. ``prefetch`` and ``reader`` configure the streaming source (see
     :class:`~fastvae.data.streaming.StreamingBatches`); with ``reader="mmap"`` it keeps the file's
     mapped pages under a quarter of the budget (at most 64 MiB).
@@ -97,7 +99,7 @@ def make_batches(
             device_memory_fraction=device_memory_fraction,
             host_memory_fraction=host_memory_fraction,
         )
-    common = dict(divisor=divisor, binarize=binarize, drop_last=drop_last)
+    common = dict(divisor=divisor, binarize=binarize, drop_last=drop_last, example_shape=example_shape)
     if source == "resident":
         return DeviceResidentBatches(array, device, batch_size, seed, rank, world_size, **common)
     max_mapped = DEFAULT_MAX_MAPPED_BYTES

@@ -65,7 +65,8 @@ class Dataset:
         name: ``"digits"``, ``"fashion-mnist"`` or the path given.
         train: (N, D) rows as stored (uint8 pixels, floats...); may be a read-only ``np.memmap``.
         test: (N_test, D) rows, or None.
-        example_shape: the shape of one example for plotting, e.g. (8, 8), (28, 28), or (D,).
+        example_shape: the shape of one example, e.g. (8, 8), (28, 28) (IDX images), (32, 32, 3) (a
+            channels-last .npy), or (D,); batches and ``tensor(shaped=True)`` keep it.
         kind: ``"unit"`` (values in [0, 1]: Bernoulli) or ``"real"`` (Gaussian).
         divisor: stored values / divisor = features (255 for uint8 pixels), or None.
         source: where the data came from (paths), for logs and checkpoints.
@@ -98,9 +99,11 @@ class Dataset:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
     def tensor(
-        self, split: Literal["train", "test"] = "test", device: torch.device | str = "cpu", *, limit: int | None = None
+        self, split: Literal["train", "test"] = "test", device: torch.device | str = "cpu", *, limit: int | None = None,
+        shaped: bool = False,
     ) -> torch.Tensor:
-        """A split (its first ``limit`` rows, if given) as one float32 (N, D) tensor on ``device``.
+        """A split (its first ``limit`` rows, if given) as one float32 (N, D) tensor on ``device``
+        (``shaped=True``: (N, *example_shape)).
 
         Only the rows asked for are read, so ``limit`` keeps a huge memory-mapped split out of memory.
         """
@@ -112,10 +115,13 @@ class Dataset:
         stored = rows_to_device(rows, device)
         if stored.device.type == "cpu" and stored.data_ptr() == rows.__array_interface__["data"][0]:
             stored = stored.clone()  # shares the array's memory: never convert that in place
-        return to_unit_float(stored, self.divisor)
+        x = to_unit_float(stored, self.divisor)
+        return x.view(x.shape[0], *self.example_shape) if shaped else x
 
     def batches(self, device: torch.device | str, batch_size: int, seed: int, **kwargs: object) -> BatchSource:
-        """:func:`~fastvae.data.batches.make_batches` over the training rows, with this dataset's divisor."""
+        """:func:`~fastvae.data.batches.make_batches` over the training rows, with this dataset's
+        divisor; batches are shaped (M, *example_shape)."""
+        kwargs.setdefault("example_shape", self.example_shape)
         return make_batches(self.train, device, batch_size, seed, divisor=self.divisor, **kwargs)  # type: ignore[arg-type]
 
 

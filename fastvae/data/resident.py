@@ -82,10 +82,12 @@ class DeviceResidentBatches(BatchSource):
         divisor: float | None = None,
         binarize: BinarizeMode | str = "none",
         drop_last: bool = True,
+        example_shape: tuple[int, ...] | None = None,
         data: torch.Tensor | None = None,
     ) -> None:
         super().__init__(
-            array, device, batch_size, seed, rank, world_size, divisor=divisor, binarize=binarize, drop_last=drop_last
+            array, device, batch_size, seed, rank, world_size, divisor=divisor, binarize=binarize, drop_last=drop_last,
+            example_shape=example_shape,
         )
         if data is None:
             data = rows_to_device(self.array, self.device)

@@ -16,6 +16,7 @@ plus the layout (seed, sizes) it is valid for, which ``load_state_dict`` checks.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,8 @@ class BatchSource(abc.ABC):
         divisor: stored values are divided by it (255 for uint8 pixels); None keeps them.
         binarize: ``"none"``, ``"dynamic"`` or ``"threshold"`` (see :mod:`fastvae.data.binarize`).
         drop_last: skip each epoch's remainder so every batch has M rows (default).
+        example_shape: the shape of one example, e.g. (28, 28) or (32, 32, 3): batches come as
+            (M, *example_shape), a view of the rows; None (default) keeps (M, D) rows.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class BatchSource(abc.ABC):
         divisor: float | None = None,
         binarize: BinarizeMode | str = "none",
         drop_last: bool = True,
+        example_shape: tuple[int, ...] | None = None,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -74,6 +78,9 @@ class BatchSource(abc.ABC):
         self.binarizer = Binarizer(binarize, seed, self.device)
         self.epoch = 0
         self.position = 0
+        self.example_shape = None if example_shape is None else tuple(int(s) for s in example_shape)
+        if self.example_shape is not None and math.prod(self.example_shape) != self.num_features:
+            raise ValueError(f"example_shape {self.example_shape} does not hold the {self.num_features} features of a row")
 
     # ---- layout -------------------------------------------------------------------------
     @property
@@ -110,7 +117,7 @@ class BatchSource(abc.ABC):
             x, epoch, step, first_row=self.schedule.first_global_row(step), total_rows=self.schedule.global_rows(step)
         )
         self.epoch, self.position = self.schedule.advance(epoch, step)
-        return x
+        return x if self.example_shape is None else x.view(x.shape[0], *self.example_shape)
 
     @abc.abstractmethod
     def _fetch(self, epoch: int, step: int) -> torch.Tensor:

@@ -224,12 +224,14 @@ class StreamingBatches(BatchSource):
         divisor: float | None = None,
         binarize: BinarizeMode | str = "none",
         drop_last: bool = True,
+        example_shape: tuple[int, ...] | None = None,
         prefetch: int = 3,
         reader: Reader | str = "auto",
         max_mapped_bytes: int = DEFAULT_MAX_MAPPED_BYTES,
     ) -> None:
         super().__init__(
-            array, device, batch_size, seed, rank, world_size, divisor=divisor, binarize=binarize, drop_last=drop_last
+            array, device, batch_size, seed, rank, world_size, divisor=divisor, binarize=binarize, drop_last=drop_last,
+            example_shape=example_shape,
         )
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"StreamingBatches streams to cpu or cuda devices, not {self.device.type}")

@@ -8,13 +8,16 @@
 3. ``manifolds``: Nz = 2 AEVB models; decoded means over a grid of prior quantiles, and samples.
 4. ``ppca``: the linear-Gaussian VAE against closed-form probabilistic PCA.
 
-Each method runs its own small loop here (independent of ``fastvae.trainer``): AEVB's step is
-``model.loss(model(x), x)`` plus the paper's N(0, I) weight prior ``|theta|^2 / 2N``, Adagrad.
-Results are plain dicts (JSON-serialisable) consumed by :mod:`fastvae.paper.report`.
+Each method's minibatch loop is ``train_curve`` here; AEVB's update is fastvae's one training
+step (:class:`fastvae.train_step.TrainStep` on :func:`fastvae.step.aevb_objective`, as the
+trainer's): Adagrad on the negative ELBO (L = 1) with the paper's N(0, I) weight prior, i.e.
+weight decay 1/N. Results are plain dicts (JSON-serialisable) consumed by
+:mod:`fastvae.paper.report`.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -23,10 +26,12 @@ import numpy as np
 import torch
 
 from ..data import load_dataset, threshold_binarize
+from ..data.seeding import derive_seed
 from ..evaluation import dataset_elbo, dataset_log_px
-from ..models import VAE, ModelConfig
+from ..models import MLPConfig, MLPVAE, manifold, sample_prior
+from ..step import Noise
+from ..train_step import ObjectiveModule, TrainStep, make_optimizer
 from .budgets import Budget
-from .common import parameter_prior_penalty
 from .marginal import hmc_proposal_log_px
 from .mcem import MonteCarloEM, make_decoder
 from .ppca import ppca_check, random_ppca, sample_ppca
@@ -125,21 +130,30 @@ def train_curve(step: StepFn, data: torch.Tensor, samples: int, batch_size: int,
     return rows
 
 
-def aevb_step(model: VAE, n_train: int, lr: float) -> StepFn:
-    """The AEVB update: Adagrad on the negative ELBO (L = 1) plus the N(0, I) weight prior."""
-    opt = torch.optim.Adagrad(model.parameters(), lr=lr)
-    params = list(model.parameters())
+def paper_model(data_dim: int, nz: int, hidden: int, likelihood: str) -> MLPVAE:
+    """The paper's MLP VAE on (N, D) rows; a Gaussian decoder squashes its means (Frey Face)."""
+    cfg = MLPConfig(latent_dim=nz, hidden_dim=hidden, squash_mean=likelihood == "gaussian")
+    return MLPVAE(cfg, (data_dim,), likelihood)
+
+
+def aevb_step(model: MLPVAE, n_train: int, lr: float, seed: int = 0) -> StepFn:
+    """The AEVB update: fastvae's training step, Adagrad on the negative ELBO (L = 1) with the
+    N(0, I) weight prior (weight decay 1/N); the noise of update t is seeded by (seed, t)."""
+    device = next(model.parameters()).device
+    optimizer = make_optimizer("adagrad", model.parameters(), lr, 1.0 / max(1, n_train), device)
+    train_step = TrainStep(ObjectiveModule(model, model.likelihood), optimizer)
+    beta = torch.ones((), device=device)
+    noise = Noise(torch.zeros(1, dtype=torch.int64, device=device))
+    updates = itertools.count()
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> None:
-        loss = model.loss(model(x), x) + parameter_prior_penalty(params, n_train)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        noise.seed.fill_(derive_seed(seed, "noise", next(updates)))
+        train_step(x, noise, beta)
 
     return step
 
 
-def wake_sleep_step(model: VAE, n_train: int, lr: float) -> StepFn:
+def wake_sleep_step(model: MLPVAE, n_train: int, lr: float) -> StepFn:
     """One wake step on the batch, then one sleep step on as many fantasies (Adagrad, weight prior)."""
     ws = WakeSleep(model, lr=lr, n_train=n_train)
 
@@ -171,17 +185,17 @@ def lower_bound_sweep(split: Split, likelihood: str, nz_list: tuple[int, ...], h
     n_eval = budget.eval_points
     tr_eval, te_eval = split.train[:n_eval], split.test[:n_eval]
     curves: dict[str, dict[int, list]] = {"AEVB": {}, "wake-sleep": {}}
-    models: dict[tuple[str, int], VAE] = {}
+    models: dict[tuple[str, int], MLPVAE] = {}
     for nz in nz_list:
         for method in ("AEVB", "wake-sleep"):
             set_seed(nz)
-            cfg = ModelConfig(data_dim=split.train.shape[1], latent_dim=nz, hidden_dim=hidden, likelihood=likelihood,
-                              squash_mean=likelihood == "gaussian")
-            model = VAE(cfg).to(device)
-            make = aevb_step if method == "AEVB" else wake_sleep_step
-            step = make(model, split.train.shape[0], budget.lr)
+            model = paper_model(split.train.shape[1], nz, hidden, likelihood).to(device)
+            if method == "AEVB":
+                step = aevb_step(model, split.train.shape[0], budget.lr, seed=nz)
+            else:
+                step = wake_sleep_step(model, split.train.shape[0], budget.lr)
 
-            def evaluate(model: VAE = model) -> dict[str, float]:
+            def evaluate(model: MLPVAE = model) -> dict[str, float]:
                 return {"train": dataset_elbo(model, tr_eval), "test": dataset_elbo(model, te_eval)}
 
             rows = train_curve(step, split.train, samples, budget.batch_size, budget.n_evals, evaluate, seed=nz)
@@ -206,20 +220,20 @@ def marginal_likelihood(split: Split, budget: Budget, device: str, log: Callable
         train = split.train[:n_train]
         n = train.shape[0]
         tr_eval, te_eval = train[: budget.ml_eval_points], split.test[: budget.ml_eval_points]
-        cfg = ModelConfig(data_dim=train.shape[1], latent_dim=nz, hidden_dim=budget.ml_hidden, likelihood=likelihood)
+        cfg = MLPConfig(latent_dim=nz, hidden_dim=budget.ml_hidden)
         per_method: dict[str, dict] = {}
         for method in ("AEVB", "wake-sleep", "MCEM"):
             set_seed(1000 + n)
             if method == "MCEM":
-                decoder = make_decoder(cfg).to(device)
+                decoder = make_decoder(cfg, train.shape[1], likelihood).to(device)
                 mcem = MonteCarloEM(decoder, likelihood, n_train=n, latent_dim=nz, lr=budget.lr,
                                     hmc_transitions=budget.mcem_transitions)
                 step = mcem_step(mcem)
                 model = None
             else:
-                model = VAE(cfg).to(device)
+                model = MLPVAE(cfg, (train.shape[1],), likelihood).to(device)
                 decoder = model.decoder
-                step = (aevb_step if method == "AEVB" else wake_sleep_step)(model, n, budget.lr)
+                step = aevb_step(model, n, budget.lr, seed=n) if method == "AEVB" else wake_sleep_step(model, n, budget.lr)
 
             def evaluate(decoder: torch.nn.Module = decoder) -> dict[str, float]:
                 return {"train": _hmc_log_px(decoder, likelihood, tr_eval, nz, budget),
@@ -261,13 +275,13 @@ def _hmc_log_px(decoder: torch.nn.Module, likelihood: str, x: torch.Tensor, nz: 
 
 
 # ---- experiment 3 ------------------------------------------------------------------------------
-def manifold_images(model: VAE, grid: int) -> np.ndarray:
+def manifold_images(model: MLPVAE, grid: int) -> np.ndarray:
     """Decoded means over the prior-quantile grid (the paper's Fig. 4): shape (grid, grid, D)."""
-    return model.manifold(grid).cpu().numpy()
+    return manifold(model, model.likelihood, grid, next(model.parameters()).device).cpu().numpy()
 
 
 def manifolds(binary: Split, real: Split, budget: Budget, device: str, log: Callable[[str], None],
-              real_model: VAE | None = None) -> dict:
+              real_model: MLPVAE | None = None) -> dict:
     """Nz = 2 AEVB models on a binary and a real-valued dataset: manifold grids and random samples."""
     out: dict[str, dict] = {}
     for key, split, likelihood, hidden in (("binary", binary, "bernoulli", budget.binary_hidden),
@@ -276,15 +290,14 @@ def manifolds(binary: Split, real: Split, budget: Budget, device: str, log: Call
         if key == "real" and real_model is not None:
             model = real_model
         else:
-            cfg = ModelConfig(data_dim=split.train.shape[1], latent_dim=2, hidden_dim=hidden, likelihood=likelihood,
-                              squash_mean=likelihood == "gaussian")
-            model = VAE(cfg).to(device)
-            step = aevb_step(model, split.train.shape[0], budget.lr)
+            model = paper_model(split.train.shape[1], 2, hidden, likelihood).to(device)
+            step = aevb_step(model, split.train.shape[0], budget.lr, seed=2)
             train_curve(step, split.train, budget.manifold_samples, budget.batch_size, 1, lambda: {}, seed=2)
-        g = torch.Generator(device=next(model.parameters()).device).manual_seed(7)
+        device_of_model = next(model.parameters()).device
+        g = torch.Generator(device=device_of_model).manual_seed(7)
         out[key] = {
             "grid": manifold_images(model, budget.manifold_grid),
-            "samples": model.sample(100, generator=g).cpu().numpy(),
+            "samples": sample_prior(model, model.likelihood, 100, 2, device_of_model, g).cpu().numpy(),
             "shape": split.shape, "data": split.name,
             "test_elbo": dataset_elbo(model, split.test[: budget.eval_points]),
         }
@@ -303,6 +316,6 @@ def ppca_experiment(budget: Budget, log: Callable[[str], None]) -> dict:
 
 
 __all__ = [
-    "Split", "binary_data", "real_data", "train_curve", "aevb_step", "wake_sleep_step", "lower_bound_sweep",
+    "Split", "binary_data", "real_data", "train_curve", "paper_model", "aevb_step", "wake_sleep_step", "lower_bound_sweep",
     "mcem_step", "marginal_likelihood", "manifolds", "manifold_images", "ppca_experiment", "checkpoints",
 ]

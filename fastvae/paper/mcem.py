@@ -11,7 +11,7 @@ is no encoder. One iteration on a minibatch (x_i, i in I):
 * **M-step** — ``m_steps`` (5, as the paper) Adagrad updates of the decoder on
   ``-mean log p(x_i, z_i) + |theta|^2 / 2N`` at those samples.
 
->>> mcem = MonteCarloEM(make_decoder(cfg), n_train=len(train), lr=0.02)
+>>> mcem = MonteCarloEM(make_decoder(MLPConfig(latent_dim=3), 784, "bernoulli"), "bernoulli", n_train=len(train), lr=0.02)
 >>> stats = mcem.step(x_batch, batch_indices)
 """
 
@@ -23,14 +23,15 @@ import torch
 from torch import nn
 
 from ..likelihood import log_likelihood
-from ..models import VAE, Decoder, ModelConfig
+from ..models import MLPConfig, MLPVAE
+from ..models.mlp import Decoder
 from .common import log_standard_normal, parameter_prior_penalty
 from .hmc import HMC
 
 
-def make_decoder(cfg: ModelConfig) -> Decoder:
+def make_decoder(cfg: MLPConfig, data_dim: int, likelihood: str) -> Decoder:
     """A decoder initialised as the paper's VAE (weights N(0, 0.01^2), zero biases)."""
-    return VAE(cfg).decoder
+    return MLPVAE(cfg, (data_dim,), likelihood).decoder
 
 
 def log_joint(decoder: nn.Module, likelihood: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

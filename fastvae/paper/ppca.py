@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..data.seeding import derive_seed
 from ..evaluation import dataset_elbo, importance_sampled_log_px
-from ..latent import reparameterize
-from ..loss import ELBOLoss
-from ..models import ModelConfig, VAEOutput
+from ..step import ELBO, Noise
+from ..train_step import ObjectiveModule, TrainStep
 
 
 @dataclass
@@ -126,25 +126,21 @@ class LinearDecoder(nn.Module):
 
 
 class LinearVAE(nn.Module):
-    """A linear-Gaussian VAE with the interface of ``fastvae.models.VAE`` (``encoder``, ``decoder``,
-    ``cfg``, ``forward``, ``loss``), so ``fastvae.evaluation`` applies to it unchanged."""
+    """A linear-Gaussian VAE: ``encode``/``decode`` as every fastvae model, so the training step
+    and ``fastvae.evaluation`` apply to it unchanged."""
+
+    likelihood = "gaussian"
 
     def __init__(self, D: int, q: int):
         super().__init__()
-        self.cfg = ModelConfig(data_dim=D, latent_dim=q, hidden_dim=1, likelihood="gaussian", decoder_variance="per_feature")
         self.encoder = LinearEncoder(D, q)
         self.decoder = LinearDecoder(D, q)
 
-    def forward(self, x: torch.Tensor, n_samples: int | None = None, seed: int | None = None) -> VAEOutput:
-        mu, logvar = self.encoder(x)
-        if n_samples is not None:
-            mu = mu.expand(n_samples, *mu.shape)
-            logvar = logvar.expand(n_samples, *logvar.shape)
-        z, kl = reparameterize(mu, logvar, seed=seed)
-        return VAEOutput(self.decoder(z), kl, z, mu, logvar)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
 
-    def loss(self, out: VAEOutput, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-        return ELBOLoss("gaussian", "mean", beta)(out.decoder_out, x, out.kl)
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(z)
 
     def marginal(self) -> PPCAModel:
         """The trained model's exact marginal p(x) = N(b, W W^T + exp(s) I)."""
@@ -155,8 +151,8 @@ class LinearVAE(nn.Module):
 def train_linear_vae(
     x: torch.Tensor, q: int, steps: int = 1000, lr: float = 0.1, n_samples: int = 4, seed: int = 0
 ) -> LinearVAE:
-    """Full-batch Adam on the negative ELBO (``n_samples`` reparameterised draws per point, through
-    ``fastvae.reparameterize`` and ``fastvae.ELBOLoss``), the step size decayed by cosine to 1 %."""
+    """Full-batch Adam on the negative ELBO (``n_samples`` reparameterised draws per point) through
+    fastvae's training step, the step size decayed by cosine to 1 %."""
     torch.manual_seed(seed)
     x = x.float()
     model = LinearVAE(x.shape[1], q)
@@ -167,11 +163,11 @@ def train_linear_vae(
         model.encoder.mean.bias.zero_()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
-    for _ in range(steps):
-        loss = model.loss(model(x, n_samples=n_samples), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = TrainStep(ObjectiveModule(model, "gaussian", ELBO(samples=n_samples)), opt)
+    noise, beta = Noise(torch.zeros(1, dtype=torch.int64)), torch.ones(())
+    for t in range(steps):
+        noise.seed.fill_(derive_seed(seed, "noise", t))
+        step(x, noise, beta)
         sched.step()
     return model
 

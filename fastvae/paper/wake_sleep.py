@@ -1,6 +1,6 @@
 """The wake-sleep algorithm (Hinton, Dayan, Frey & Neal, 1995) on fastvae's encoder/decoder.
 
-The model is a ``fastvae.models.VAE`` (the same architectures AEVB trains); only the update
+The model is a ``fastvae.models.MLPVAE`` (the same architecture AEVB trains); only the update
 rule differs:
 
 * **wake** — update the generative model (the decoder; the prior p(z) = N(0, I) is fixed) by
@@ -12,7 +12,7 @@ Each phase also carries the paper's N(0, I) parameter prior on the parameters it
 Its lower bound is the ELBO with the recognition model as q — ``fastvae.evaluation``'s
 ``dataset_elbo`` applies unchanged.
 
->>> model = VAE(ModelConfig(data_dim=784, latent_dim=10))
+>>> model = MLPVAE(MLPConfig(latent_dim=10), example_shape=(784,), likelihood="bernoulli")
 >>> ws = WakeSleep(model, lr=0.02, n_train=60000)
 >>> stats = ws.step(x_batch)
 """
@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from ..likelihood import gaussian_log_likelihood, log_likelihood
-from ..models import VAE
+from ..models import MLPVAE
 from .common import log_standard_normal, parameter_prior_penalty, sample_likelihood
 
 
@@ -38,20 +38,20 @@ class WakeSleepSamples(NamedTuple):
     sleep_objective: float  # mean log q(z_sleep | x_sleep) before the update
 
 
-def wake_objective(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def wake_objective(model: MLPVAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """mean over the batch of log p(x, z) = log p(x|z) + log p(z) (p(z) has no parameters)."""
-    ll = log_likelihood(model.cfg.likelihood, model.decoder(z), x)
+    ll = log_likelihood(model.likelihood, model.decoder(z), x)
     return (ll + log_standard_normal(z)).mean()
 
 
-def sleep_objective(model: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def sleep_objective(model: MLPVAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """mean over the batch of log q(z|x) = log N(z; mu(x), diag exp(logvar(x)))."""
     mu, logvar = model.encoder(x)
     return gaussian_log_likelihood(mu, logvar, z).mean()
 
 
 @torch.no_grad()
-def sample_recognition(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_recognition(model: MLPVAE, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """z ~ q(z|x), detached."""
     mu, logvar = model.encoder(x)
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -59,15 +59,15 @@ def sample_recognition(model: VAE, x: torch.Tensor, generator: torch.Generator |
 
 
 @torch.no_grad()
-def dream(model: VAE, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dream(model: MLPVAE, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fantasies: z ~ N(0, I), x ~ p(x|z). Returns (z (n, Z), x (n, D))."""
     param = next(model.parameters())
     z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=param.device, dtype=param.dtype)
-    return z, sample_likelihood(model.cfg.likelihood, model.decoder(z), generator)
+    return z, sample_likelihood(model.likelihood, model.decoder(z), generator)
 
 
 class WakeSleep:
-    """Wake-sleep training of a ``VAE``: one Adagrad optimiser per phase.
+    """Wake-sleep training of a ``MLPVAE``: one Adagrad optimiser per phase.
 
     Args:
         model: the encoder/decoder pair (same classes AEVB trains).
@@ -76,7 +76,7 @@ class WakeSleep:
         optimizer: ``"adagrad"`` (the paper) or ``"sgd"`` (used by the tests).
     """
 
-    def __init__(self, model: VAE, lr: float = 0.02, n_train: int = 0, optimizer: str = "adagrad"):
+    def __init__(self, model: MLPVAE, lr: float = 0.02, n_train: int = 0, optimizer: str = "adagrad"):
         self.model = model
         self.n_train = n_train
         opt = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}.get(optimizer)

@@ -1,0 +1,150 @@
+"""What fastvae needs of a model, and what it does with any model that has it.
+
+A VAE is any ``nn.Module`` with
+
+* ``encode(x) -> (mu, logvar)``: x is a batch shaped (N, *example_shape) as the data layer
+  stores examples ((N, H, W) for IDX images, (N, H, W, C) for a channels-last ``.npy``, (N, D)
+  for vectors); mu and logvar are (N, Z);
+* ``decode(z) -> decoder_out``: z is (N, Z); decoder_out holds N examples' worth of values, as
+  rows (N, D) or shaped like x: logits, or ``(mean, logvar)`` for a Gaussian likelihood with
+  logvar shaped like the mean, like one example, ``(D,)``, or 0-d.
+
+The trainer, evaluation, plots and ``fastvae eval`` use nothing else; the likelihood is the
+run's setting, not the model's. Helpers here: :func:`check_vae_model`, :func:`build_model`
+(fastvae's architectures), class paths (``package.module:ClassName``) for ``--model``.
+
+>>> model = build_model(MLPConfig(latent_dim=2), example_shape=(8, 8), likelihood="bernoulli")
+>>> class_path(model)
+'fastvae.models.mlp:MLPVAE'
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from statistics import NormalDist
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .config import ConvConfig, MLPConfig, ModelConfig
+from .conv import ConvVAE
+from .heads import decoded_mean
+from .mlp import MLPVAE
+
+
+@runtime_checkable
+class VAEModel(Protocol):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def check_vae_model(model: object, where: str = "model") -> nn.Module:
+    """``model`` must be an ``nn.Module`` with callable ``encode`` and ``decode``; returns it."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where} must be a torch.nn.Module, got {type(model).__name__}")
+    missing = [name for name in ("encode", "decode") if not callable(getattr(model, name, None))]
+    if missing:
+        raise TypeError(
+            f"{where} ({type(model).__name__}) has no {' and no '.join(missing)} method: fastvae trains any "
+            "nn.Module with encode(x) -> (mu, logvar) and decode(z) -> decoder output"
+        )
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{where} ({type(model).__name__}) has no parameters to train")
+    return model
+
+
+#: The class each built-in architecture's config builds.
+MODEL_CLASSES: dict[type, type] = {MLPConfig: MLPVAE, ConvConfig: ConvVAE}
+
+
+def build_model(cfg: ModelConfig, example_shape: tuple[int, ...], likelihood: str) -> nn.Module:
+    """fastvae's architecture ``cfg`` for examples of ``example_shape`` and ``likelihood``."""
+    if type(cfg) not in MODEL_CLASSES:
+        raise TypeError(f"model config must be MLPConfig or ConvConfig, got {type(cfg).__name__}")
+    return MODEL_CLASSES[type(cfg)](cfg, example_shape, likelihood)
+
+
+# ---- class paths: --model package.module:ClassName ----------------------------------------------
+def class_path(model_or_class: object) -> str:
+    """``module:QualifiedName`` of a model (or class): what ``--model`` takes and checkpoints record."""
+    cls = model_or_class if inspect.isclass(model_or_class) else type(model_or_class)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_class(path: str) -> type:
+    """The class at ``package.module:ClassName`` (``package.module.ClassName`` also works)."""
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"--model must be a class path package.module:ClassName, got {path!r}")
+    module_name, sep, qualname = path.partition(":")
+    if not sep:
+        module_name, _, qualname = path.rpartition(".")
+    if not module_name or not qualname:
+        raise ValueError(f"--model {path!r}: expected package.module:ClassName")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"--model {path!r}: cannot import module {module_name!r} ({exc})") from exc
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"--model {path!r}: module {module_name!r} has no {qualname!r}")
+        obj = getattr(obj, part)
+    if not inspect.isclass(obj) or not issubclass(obj, nn.Module):
+        raise TypeError(f"--model {path!r} is not an nn.Module class")
+    return obj
+
+
+def construct(path: str, args: dict[str, Any] | None = None) -> nn.Module:
+    """An instance of the class at ``path`` built with keyword ``args`` (from ``--model-args``)."""
+    cls = import_class(path)
+    try:
+        model = cls(**(args or {}))
+    except TypeError as exc:
+        raise TypeError(f"--model {path}: constructing it with --model-args {args or {}} failed: {exc}") from exc
+    return check_vae_model(model, f"--model {path}")
+
+
+# ---- generation and reconstruction for any model -----------------------------------------------
+def latent_dim_of(model: nn.Module, example: torch.Tensor) -> int:
+    """Z, found by encoding one example (shaped (1, *example_shape))."""
+    with torch.no_grad():
+        mu, _ = model.encode(example[:1])
+    return int(mu.shape[-1])
+
+
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.reshape(n, -1)
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, likelihood: str, x: torch.Tensor) -> torch.Tensor:
+    """E[x|z] at z = mu(x), as (N, D) rows."""
+    mu, _ = model.encode(x)
+    return _rows(decoded_mean(likelihood, model.decode(mu)), x.shape[0])
+
+
+@torch.no_grad()
+def sample_prior(model: nn.Module, likelihood: str, n: int, latent_dim: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` draws of E[x|z], z ~ N(0, I), as (n, D) rows."""
+    z = torch.randn(n, latent_dim, device=device, generator=generator)
+    return _rows(decoded_mean(likelihood, model.decode(z)), n)
+
+
+@torch.no_grad()
+def manifold(model: nn.Module, likelihood: str, grid: int, device: torch.device) -> torch.Tensor:
+    """The paper's Fig. 4 for a 2-D latent: E[x|z] over a grid x grid of prior quantiles
+    z = (Phi^-1(u), Phi^-1(v)), u, v evenly spaced in (0, 1); shape (grid, grid, D), row 0
+    holding the largest z_2."""
+    normal = NormalDist()
+    q = torch.tensor([normal.inv_cdf((i + 0.5) / grid) for i in range(grid)])
+    z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).to(device)
+    return _rows(decoded_mean(likelihood, model.decode(z)), grid * grid).reshape(grid, grid, -1)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())

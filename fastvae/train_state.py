@@ -1,0 +1,80 @@
+"""What a training checkpoint holds, and the checks before a run resumes from one.
+
+A checkpoint (``OUT/checkpoint.pt``, written atomically by :mod:`fastvae.checkpoint`) holds the
+model's and optimizer's state, the run's :class:`~fastvae.train_config.TrainConfig`, the model's
+class path and example shape (so ``fastvae eval`` can rebuild any model), the step, the data
+position and the RNG state. Everything a step depends on is either in it or a function of
+(seed, step) (the noise, the batches, their binarisation), so a resumed run continues exactly.
+
+``--resume`` first compares the new config with the checkpoint's: every setting declared
+``resume="same"`` (:mod:`fastvae.settings`) must match, and the error names the first that
+does not; the ``resume="free"`` ones (length, logging, device, threads ...) may change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .settings import computation_settings, flag_of, free_settings, settings_fields
+from .train_config import TrainConfig
+
+#: 2: the model config nested in the run's config, noise a function of (seed, step). 1 (no
+#: "format" entry): fastvae 0.1 — evaluable and plottable, not resumable.
+CHECKPOINT_FORMAT = 2
+
+
+def _flag_for(dotted: str) -> str:
+    """The CLI flag of a (possibly ``model.``-prefixed) setting name."""
+    from .models.config import ConvConfig
+
+    name = dotted.split(".")[-1]
+    if dotted == "model.arch":
+        return "--arch"
+    owner = ConvConfig if dotted.startswith("model.") else TrainConfig
+    for f in settings_fields(owner):
+        if f.name == name:
+            return flag_of(f)
+    return "--" + name.replace("_", "-")
+
+
+def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_size: int,
+                    model_class: str) -> None:
+    """``ValueError`` naming the setting (flag and field) when ``cfg`` may not resume ``state``."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"--resume: {path} was written by an older fastvae (checkpoint format {state.get('format', 1)}, this "
+            f"is {CHECKPOINT_FORMAT}): its noise stream differs, so it cannot continue exactly; "
+            "`fastvae eval` and `fastvae plot` still read it"
+        )
+    saved_cfg = TrainConfig.from_dict(state["config"])
+    saved, now = computation_settings(saved_cfg), computation_settings(cfg)
+    first = ("model_class", "model.arch")  # a different model first, then its settings
+    for name in sorted(set(saved) | set(now), key=lambda n: (n not in first, first.index(n) if n in first else 0, n)):
+        if saved.get(name) != now.get(name):
+            raise ValueError(
+                f"--resume: {_flag_for(name)} ({name}) is {now.get(name)!r} but the checkpoint in {path} was "
+                f"trained with {saved.get(name)!r}; only {', '.join(flag_of(f) for f in free_settings(TrainConfig))} "
+                "may change"
+            )
+    if state.get("model_class") != model_class:
+        raise ValueError(f"--resume: the model is a {model_class} but {path} holds a {state.get('model_class')}")
+    if int(state["world_size"]) != world_size:
+        raise ValueError(f"--resume: checkpoint was written by {state['world_size']} processes, "
+                         f"this run has {world_size}")
+
+
+def read_resume_state(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
+    """The checkpoint ``--resume`` continues from (``FileNotFoundError`` naming it if missing)."""
+    path = Path(cfg.out) / CHECKPOINT_NAME
+    return load_checkpoint(path), path
+
+
+def model_metadata(cfg: TrainConfig, model_class: str, example_shape: tuple[int, ...]) -> dict[str, str]:
+    """The safetensors metadata of the exported weights: enough to rebuild the model without fastvae's
+    checkpoint (the class, its config or arguments, the example shape and the likelihood)."""
+    model_config = {"class": model_class, "example_shape": list(example_shape), "likelihood": cfg.likelihood,
+                    **({"config": cfg.to_dict()["model"]} if cfg.model is not None else {"args": cfg.model_args})}
+    return {"model_config": json.dumps(model_config), "config": json.dumps(cfg.to_dict())}
