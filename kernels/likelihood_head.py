@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import launch
 from .launch_config import row_tiling
 
 BERNOULLI = tl.constexpr(0)
@@ -206,7 +207,8 @@ def log_likelihood_forward(
         return ll
     tiling = row_tiling(n_cols)
     lv = _logvar_2d(logvar, out)
-    log_likelihood_forward_kernel[tiling.grid(n_rows)](
+    launch(
+        log_likelihood_forward_kernel, tiling.grid(n_rows),
         out, *_strides(out), lv, *_strides(lv), x, *_strides(x), ll, n_rows, n_cols,
         LIKELIHOOD=LIKELIHOOD_CODES[likelihood], CB_CUTOFF=_cb_cutoff(acc),
         BLOCK_ROWS=tiling.block_rows, BLOCK_COLS=tiling.block_cols, num_warps=tiling.num_warps,
@@ -245,7 +247,8 @@ def log_likelihood_backward(
             d_lv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
     if n_rows > 0 and (need_o or need_lv or need_x):
         placeholder = d_out if d_out is not None else (d_x if d_x is not None else lv)
-        log_likelihood_backward_kernel[(n_programs,)](
+        launch(
+            log_likelihood_backward_kernel, (n_programs,),
             out, *_strides(out), lv, *_strides(lv), x, *_strides(x), grad_ll, grad_ll.stride(0),
             d_out if d_out is not None else placeholder,
             d_lv if d_lv is not None else placeholder,
