@@ -25,17 +25,35 @@ NOISE_OFFSET_END = 2**63
 
 @torch.library.custom_op("fastvae::latent_head", mutates_args=())
 def _latent_head(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor, first: int
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: Optional[torch.Tensor],
+    seed: torch.Tensor,
+    first: int,
+    samples: int = 1,
+    sampled_kl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused latent head on (N, Z) ``mu``/``logvar``: ``samples`` draws per row.
+
+    Returns z (samples, N, Z) and kl: the per-draw ``log q(z|x) - log p(z)``, (samples, N), if
+    ``sampled_kl``, else the analytic KL, (N,). ``eps`` (samples, N, Z) is used as the noise if
+    given; otherwise draw s of row r is the Philox stream's row ``(first + r) * samples + s``
+    for the int64 ``seed`` (``reference.latent_noise_ref``). ``first`` is the global index of
+    row 0 (data-parallel shards).
+    """
     from .kernels.latent_head import latent_head_forward
 
-    return latent_head_forward(mu, logvar, eps, seed, first)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    return latent_head_forward(mu, logvar, eps, seed, first, samples, sampled_kl)
 
 
 @_latent_head.register_fake
-def _latent_head_fake(mu, logvar, eps, seed, first):
+def _latent_head_fake(mu, logvar, eps, seed, first, samples=1, sampled_kl=False):
     acc = reference.accumulation_dtype(mu, logvar)
-    return torch.empty_like(mu, memory_format=torch.contiguous_format), mu.new_empty(mu.shape[:1], dtype=acc)
+    n_rows, n_cols = mu.shape
+    kl_shape = (samples, n_rows) if sampled_kl else (n_rows,)
+    return mu.new_empty((samples, n_rows, n_cols)), mu.new_empty(kl_shape, dtype=acc)
 
 
 @torch.library.custom_op("fastvae::latent_head_backward", mutates_args=())
@@ -45,34 +63,54 @@ def _latent_head_backward(
     eps: Optional[torch.Tensor],
     seed: torch.Tensor,
     first: int,
+    samples: int,
+    sampled_kl: bool,
     grad_z: Optional[torch.Tensor],
     grad_kl: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.latent_head import latent_head_backward
 
-    return latent_head_backward(mu, logvar, eps, seed, first, grad_z, grad_kl)
+    return latent_head_backward(mu, logvar, eps, seed, first, samples, sampled_kl, grad_z, grad_kl)
 
 
 @_latent_head_backward.register_fake
-def _latent_head_backward_fake(mu, logvar, eps, seed, first, grad_z, grad_kl):
+def _latent_head_backward_fake(mu, logvar, eps, seed, first, samples, sampled_kl, grad_z, grad_kl):
     return (torch.empty_like(mu, memory_format=torch.contiguous_format),
             torch.empty_like(logvar, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    mu, logvar, eps, seed, first = inputs
-    ctx.first = first
+    mu, logvar, eps, seed, first, samples, sampled_kl = inputs
+    ctx.first, ctx.samples, ctx.sampled_kl = first, samples, sampled_kl
     ctx.save_for_backward(mu, logvar, eps, seed)
 
 
 def _backward(ctx, grad_z, grad_kl):
     mu, logvar, eps, seed = ctx.saved_tensors
-    grad_mu, grad_logvar = _latent_head_backward(mu, logvar, eps, seed, ctx.first, grad_z, grad_kl)
+    grad_mu, grad_logvar = _latent_head_backward(
+        mu, logvar, eps, seed, ctx.first, ctx.samples, ctx.sampled_kl, grad_z, grad_kl
+    )
     grad_eps = None
-    if eps is not None and ctx.needs_input_grad[2] and grad_z is not None:
-        # dz/deps = exp(lv / 2): only when the caller's explicit noise itself requires grad
-        grad_eps = (grad_z * torch.exp(0.5 * reference.upcast(logvar))).to(eps.dtype)
-    return grad_mu, grad_logvar, grad_eps, None, None
+    if eps is not None and ctx.needs_input_grad[2]:
+        grad_eps = _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl if ctx.sampled_kl else None)
+    return grad_mu, grad_logvar, grad_eps, None, None, None, None
+
+
+def _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl_sampled):
+    """dL/deps for caller-given noise that itself requires grad (rare: computed in torch).
+
+    dz/deps = std; the sampled KL 0.5 * sum(z^2 - eps^2 - lv) adds gkl * (z * std - eps).
+    """
+    acc = reference.accumulation_dtype(mu, logvar, eps)
+    std = torch.exp(0.5 * logvar.to(acc))
+    grad = torch.zeros(eps.shape, dtype=acc, device=eps.device)
+    if grad_z is not None:
+        grad = grad + grad_z.to(acc) * std
+    if grad_kl_sampled is not None:
+        e = eps.to(acc)
+        z = mu.to(acc) + std * e
+        grad = grad + grad_kl_sampled.to(acc).unsqueeze(-1) * (z * std - e)
+    return grad.to(eps.dtype)
 
 
 _latent_head.register_autograd(_backward, setup_context=_setup_context)
@@ -102,9 +140,9 @@ def reparameterize(
             ``torch.manual_seed`` makes runs reproducible). An int or a 1-element int64
             tensor (int64 range). The same seed gives the same z on a given device and
             backend, and eps of row r depends only on (seed, r). The Triton kernels (and the
-            torch path on CUDA) draw Philox4x32-10 noise at offset ``first_row * Z + flat
-            index`` (``reference.philox_randn_ref``); the torch path on the CPU draws a
-            seeded ``torch.randn`` per block of rows (:func:`cpu_seeded_normal`), ~50x
+            torch path on CUDA) draw Philox4x32-10 noise, row r from row ``first_row + r`` of
+            the seed's stream (``reference.latent_noise_ref``); the torch path on the CPU
+            draws a seeded ``torch.randn`` per block of rows (:func:`cpu_seeded_normal`), ~50x
             cheaper there than Philox in torch ops.
         eps: explicit standard-normal noise shaped like ``mu``; then nothing is drawn.
         first_row: the rows draw the noise of rows ``first_row, first_row + 1, ...`` of the
@@ -166,9 +204,8 @@ def reparameterize(
         seed_tensor = draw_seed(device) if seed is None else _seed_tensor(seed, device)
     else:
         seed_tensor = mu.new_empty(0, dtype=torch.int64)  # never read: the kernel reads eps
-        eps = eps.reshape(-1, n_latent)
-    z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor,
-                         first_row * n_latent)
+        eps = eps.reshape(1, -1, n_latent)
+    z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor, first_row)
     return z.reshape(mu.shape), kl.reshape(batch_shape)
 
 
@@ -183,8 +220,8 @@ def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: i
 
     ``seed=None`` (and no ``first_row``): ``torch.randn_like``, the cheapest draw, reproducible
     under ``torch.manual_seed``. A seed on the CPU: :func:`cpu_seeded_normal`. A seed on another
-    device: the kernel's own stream, ``tl.randn(seed, first_row * Z + flat index)``, through the
-    pure-torch Philox (``reference.philox_randn_ref``: no host-device sync, traceable).
+    device: the kernel's own stream (row ``first_row + r`` of the seed's stream for row r)
+    through the pure-torch Philox (``reference.latent_noise_ref``: no host-device sync, traceable).
     """
     if seed is None and first_row == 0:
         return torch.randn_like(mu)
@@ -197,8 +234,8 @@ def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: i
         else:
             eps = cpu_seeded_normal(int(seed_tensor.reshape(())), first_row, rows, n_latent)
         return eps.reshape(mu.shape)
-    offsets = torch.arange(mu.numel(), dtype=torch.int64, device=mu.device) + first_row * n_latent
-    return reference.philox_randn_ref(seed_tensor, offsets).reshape(mu.shape)  # float32, as in the kernel
+    noise = reference.latent_noise_ref(seed_tensor, rows, n_latent, first_row=first_row)
+    return noise.reshape(mu.shape)  # float32, as in the kernel
 
 
 #: Rows per independently seeded block of the CPU noise stream.

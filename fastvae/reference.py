@@ -41,7 +41,7 @@ def accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 # Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", 2011), the
-# counter-based generator behind Triton's tl.randn, in plain int64 torch ops.
+# counter-based generator of the latent-head kernels (via tl.philox), in plain int64 torch ops.
 PHILOX_ROUND_A, PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
 PHILOX_KEY_A, PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
 PHILOX_ROUNDS = 10
@@ -66,31 +66,67 @@ def _uint32_to_uniform(i: torch.Tensor) -> torch.Tensor:
     return folded.to(torch.float32) * 4.6566127342e-10
 
 
-def philox_randn_ref(seed: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Standard-normal float32 noise exactly as the kernels draw it: ``tl.randn(seed, offsets)``.
-
-    Philox4x32-10 with key (seed low word, seed high word) and counter (offset low word,
-    offset high word, 0, 0); its first two outputs become uniforms in [0, 1), and Box-Muller's
-    cosine branch maps them to one normal. Every element depends only on (seed, its offset), so
-    any slice of a stream can be drawn on its own. Agrees with the kernels bit for bit in the
-    integers and to float32 rounding of log / cos in the normals.
-
-    Args:
-        seed: int64 tensor with one element.
-        offsets: int64 tensor of non-negative counters; the result has its shape.
-    """
+def _philox4x32(seed: torch.Tensor, counters: torch.Tensor) -> list[torch.Tensor]:
+    """The four 32-bit outputs (int64 tensors) of Philox4x32-10 with key (seed low word, seed
+    high word) at counters (counter low word, counter high word, 0, 0)."""
     seed = seed.reshape(())
     k0, k1 = seed & _U32, (seed >> 32) & _U32
-    c0, c1 = offsets & _U32, (offsets >> 32) & _U32
-    c2 = c3 = torch.zeros_like(offsets)
+    c0, c1 = counters & _U32, (counters >> 32) & _U32
+    c2 = c3 = torch.zeros_like(counters)
     for _ in range(PHILOX_ROUNDS):
         hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, c2)
         hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0, k1 = (k0 + PHILOX_KEY_A) & _U32, (k1 + PHILOX_KEY_B) & _U32
-    u1 = _uint32_to_uniform(c0).clamp_min(1.0e-7)
-    u2 = _uint32_to_uniform(c1)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
+    return [c0, c1, c2, c3]
+
+
+def _normal_quads(seed: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Four float32 normals per counter, stacked on a new last dim: Box-Muller on the uniform
+    pairs (u0, u1) and (u2, u3), cosine then sine branch (the kernels' ``_normal_quads``)."""
+    u0, u1, u2, u3 = (_uint32_to_uniform(c) for c in _philox4x32(seed, counters))
+    r01 = torch.sqrt(-2.0 * torch.log(u0.clamp_min(1.0e-7)))
+    r23 = torch.sqrt(-2.0 * torch.log(u2.clamp_min(1.0e-7)))
+    t1, t3 = 6.283185307179586 * u1, 6.283185307179586 * u3
+    return torch.stack([r01 * torch.cos(t1), r01 * torch.sin(t1), r23 * torch.cos(t3), r23 * torch.sin(t3)], dim=-1)
+
+
+def philox_randn_ref(seed: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Standard-normal float32 noise at stream positions ``offsets``, exactly as the kernels draw it.
+
+    Position p is output p % 4 of Philox4x32-10 at counter p // 4 (key: the seed's low and high
+    words; counter: (low word, high word, 0, 0)); the four outputs become uniforms u0..u3 in
+    [0, 1) and Box-Muller maps (u0, u1) to the normals of positions 4k, 4k+1 (cosine, sine) and
+    (u2, u3) to 4k+2, 4k+3. Every element depends only on (seed, its position), so any slice of
+    a stream can be drawn on its own. Agrees with the kernels bit for bit in the integers and
+    to float32 rounding of log / sqrt / cos / sin in the normals. :func:`latent_noise_ref` gives
+    the positions of the latent head's (S, N, Z) draws.
+
+    Args:
+        seed: int64 tensor with one element.
+        offsets: int64 tensor of non-negative positions; the result has its shape.
+    """
+    quads = _normal_quads(seed, offsets // 4)
+    return torch.gather(quads, -1, (offsets % 4).unsqueeze(-1)).squeeze(-1)
+
+
+def latent_noise_ref(
+    seed: torch.Tensor, n_rows: int, n_cols: int, samples: int = 1, first_row: int = 0
+) -> torch.Tensor:
+    """The latent head's noise, (samples, n_rows, n_cols) float32: draw s of row r is the stream's
+    row (first_row + r) * samples + s, rows padded to a multiple of 4 columns, so element
+    (s, r, c) is at position ((first_row + r) * samples + s) * 4 * ceil(n_cols / 4) + c (that is
+    ((first_row + r) * samples + s) * n_cols + c when n_cols % 4 == 0).
+
+    >>> latent_noise_ref(torch.tensor([7]), 2, 3, samples=2).shape
+    torch.Size([2, 2, 3])
+    """
+    quads_per_row = -(-n_cols // 4)
+    device = seed.device
+    rows = torch.arange(first_row, first_row + n_rows, dtype=torch.int64, device=device)
+    draws = rows[None, :] * samples + torch.arange(samples, dtype=torch.int64, device=device)[:, None]  # (S, N)
+    counters = draws[..., None] * quads_per_row + torch.arange(quads_per_row, dtype=torch.int64, device=device)
+    return _normal_quads(seed, counters).reshape(samples, n_rows, 4 * quads_per_row)[..., :n_cols]
 
 
 def kl_standard_normal_ref(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

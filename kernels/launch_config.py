@@ -35,3 +35,70 @@ def row_tiling(n_cols: int) -> RowTiling:
     block_rows = max(1, min(MAX_BLOCK_ROWS, TILE_ELEMENTS // block_cols))
     num_warps = 8 if block_rows * block_cols > 1024 else 4
     return RowTiling(block_rows, block_cols, num_warps)
+
+
+# ---- latent head: the unit of work is a quad, four consecutive columns of one row (one Philox call) ----
+
+QUAD = 4
+# Programs that fill a GPU: two per SM of a 132-SM H100 (an A100 has 108). Below this many,
+# the launchers choose smaller programs, down to one warp.
+FILL_PROGRAMS = 264
+WARP = 32
+# At most 8 warps x 4 quads per thread in one program; rows longer than this (Z > 4096) are
+# walked in chunks of this many quads.
+MAX_QUADS_PER_PROGRAM = 1024
+MAX_WARPS = 8
+
+
+@dataclass(frozen=True)
+class LatentForwardTiling:
+    """A program holds ``rows`` whole rows laid out flat over ``quads`` quads (one row in chunks if ``chunked``)."""
+
+    rows: int
+    quads: int
+    chunked: bool
+    num_warps: int
+
+    def grid(self, n_rows: int) -> tuple[int]:
+        return (triton.cdiv(n_rows, self.rows),)
+
+
+def latent_forward_tiling(n_rows: int, n_cols: int) -> LatentForwardTiling:
+    """The smallest program (one warp, or the power of two of quads that holds a row) while the
+    programs would not fill the GPU, doubled up to 8 warps for large N (fewer idle quads: at most
+    ceil(Z/4) - 1 per program).
+
+    >>> latent_forward_tiling(128, 20), latent_forward_tiling(65536, 200)
+    (LatentForwardTiling(rows=6, quads=32, chunked=False, num_warps=1), LatentForwardTiling(rows=5, quads=256, chunked=False, num_warps=8))
+    """
+    quads_per_row = triton.cdiv(max(n_cols, 1), QUAD)
+    if quads_per_row > MAX_QUADS_PER_PROGRAM:
+        return LatentForwardTiling(1, MAX_QUADS_PER_PROGRAM, True, MAX_WARPS)
+    quads = max(WARP, triton.next_power_of_2(quads_per_row))
+    while quads < WARP * MAX_WARPS and triton.cdiv(n_rows, 2 * quads // quads_per_row) >= FILL_PROGRAMS:
+        quads *= 2
+    return LatentForwardTiling(quads // quads_per_row, quads, False, min(MAX_WARPS, quads // WARP))
+
+
+@dataclass(frozen=True)
+class FlatTiling:
+    """A program covers ``quads`` consecutive quads of the row-major (N, ceil(Z/4)) grid of quads."""
+
+    quads: int
+    num_warps: int
+
+    def grid(self, n_rows: int, n_cols: int) -> tuple[int]:
+        return (triton.cdiv(n_rows * triton.cdiv(n_cols, QUAD), self.quads),)
+
+
+def latent_backward_tiling(n_rows: int, n_cols: int) -> FlatTiling:
+    """One quad per thread; 8 warps per program, fewer while that leaves fewer than FILL_PROGRAMS programs.
+
+    >>> latent_backward_tiling(128, 20), latent_backward_tiling(65536, 200)
+    (FlatTiling(quads=32, num_warps=1), FlatTiling(quads=256, num_warps=8))
+    """
+    total = n_rows * triton.cdiv(max(n_cols, 1), QUAD)
+    quads = WARP * MAX_WARPS
+    while quads > WARP and triton.cdiv(total, quads) < FILL_PROGRAMS:
+        quads //= 2
+    return FlatTiling(quads, quads // WARP)

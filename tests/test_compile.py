@@ -143,10 +143,14 @@ def test_opcheck_latent_head(dtype):
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(4, 3, generator=g).to(dtype).requires_grad_()
     lv = torch.randn(3, 4, generator=g).to(dtype).t().requires_grad_()  # non-contiguous
-    eps = torch.randn(4, 3, generator=g).to(dtype)
     seed, first = torch.tensor([5]), 6
-    torch.library.opcheck(ops.latent_head.default, (mu, lv, None, seed, first))
-    torch.library.opcheck(ops.latent_head.default, (mu, lv, eps, torch.zeros(0, dtype=torch.int64), 0))
-    gz, gkl = torch.rand(4, 3, generator=g).to(dtype), torch.rand(4, generator=g)
-    for grads in ((gz, gkl), (None, gkl), (gz, None)):
-        torch.library.opcheck(ops.latent_head_backward.default, (mu.detach(), lv.detach(), None, seed, first, *grads))
+    for samples, sampled_kl in ((1, False), (3, False), (3, True)):
+        eps = torch.randn(samples, 4, 3, generator=g).to(dtype)
+        torch.library.opcheck(ops.latent_head.default, (mu, lv, None, seed, first, samples, sampled_kl))
+        torch.library.opcheck(ops.latent_head.default,
+                              (mu, lv, eps, torch.zeros(0, dtype=torch.int64), 0, samples, sampled_kl))
+        gz = torch.rand(samples, 4, 3, generator=g).to(dtype)
+        gkl = torch.rand(*((samples, 4) if sampled_kl else (4,)), generator=g)
+        for grads in ((gz, gkl), (None, gkl), (gz, None)):
+            args = (mu.detach(), lv.detach(), None, seed, first, samples, sampled_kl, *grads)
+            torch.library.opcheck(ops.latent_head_backward.default, args)

@@ -5,12 +5,13 @@ mean has standard error 1/sqrt(n), the sample variance sqrt(2/(n-1)), a sample c
 independent draws 1/sqrt(n); each is checked at 5 standard errors (a false alarm ~ 6e-7 per
 check). The seeds are fixed, so the tests are deterministic.
 
-The Triton kernels draw Philox4x32-10 followed by the Box-Muller map of ``tl.randn``, eps at
-row r, column c = randn(seed, first_row*Z + r*Z + c); ``reference.philox_randn_ref`` (the torch
-path on CUDA) is the same stream in pure torch ops. Both are checked against an independent
-NumPy Philox4x32-10, itself checked against the Random123 known-answer vectors. The torch path
-on the CPU draws its own cheap stream (a seeded ``torch.randn`` per block of 64 rows), checked
-here against that definition: row r depends on (seed, r) only, on both paths.
+The Triton kernels draw Philox4x32-10 followed by Box-Muller on both of its uniform pairs, four
+normals per Philox call: eps at row r, column c is output c % 4 of the counter
+(first_row + r) * ceil(Z/4) + c // 4. ``reference.latent_noise_ref`` / ``philox_randn_ref`` (the
+torch path on CUDA) are the same stream in pure torch ops. Both are checked against an
+independent NumPy Philox4x32-10, itself checked against the Random123 known-answer vectors.
+The torch path on the CPU draws its own cheap stream (a seeded ``torch.randn`` per block of 64
+rows), checked here against that definition: row r depends on (seed, r) only, on both paths.
 """
 
 from __future__ import annotations
@@ -99,44 +100,70 @@ def test_numpy_philox_matches_random123_known_answers():
         assert [int(v[0]) for v in _philox4x32_10([np.array([c]) for c in ctr], key)] == expected
 
 
-def _tl_randn(seed: int, offsets: np.ndarray) -> np.ndarray:
-    """tl.randn(seed, offsets): two uint32 of Philox((off_lo, off_hi, 0, 0), (seed_lo, seed_hi))
-    mapped to [0, 1) and through Box-Muller (cos branch)."""
-    off = offsets.astype(np.uint64)
+def _kernel_noise(seed: int, draws: np.ndarray, n_cols: int) -> np.ndarray:
+    """The noise of draw rows ``draws`` (1-D), (len(draws), n_cols): column c of draw row d is
+    output c % 4 of Philox((k low, k high, 0, 0), (seed low, seed high)) at k = d * ceil(Z/4) + c // 4,
+    each output mapped to [0, 1); Box-Muller turns (u0, u1) into columns 4q, 4q+1 (cos, sin) and
+    (u2, u3) into 4q+2, 4q+3."""
+    quads = -(-n_cols // 4)
+    k = (draws.astype(np.uint64)[:, None] * np.uint64(quads) + np.arange(quads, dtype=np.uint64)[None, :]).ravel()
     s = seed % 2**64
-    zero = np.zeros_like(off)
-    i1, i2, _, _ = _philox4x32_10([off & _M32, off >> np.uint64(32), zero, zero], [s & 0xFFFFFFFF, s >> 32])
+    zero = np.zeros_like(k)
+    outputs = _philox4x32_10([k & _M32, k >> np.uint64(32), zero, zero], [s & 0xFFFFFFFF, s >> 32])
 
     def uniform(i):
         x = i.astype(np.uint32).view(np.int32).astype(np.int64)
         return np.where(x < 0, ~x, x) * 4.6566127342e-10
 
-    u1, u2 = np.maximum(1.0e-7, uniform(i1)), uniform(i2)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    u0, u1, u2, u3 = (uniform(o) for o in outputs)
+    r01, r23 = np.sqrt(-2.0 * np.log(np.maximum(1.0e-7, u0))), np.sqrt(-2.0 * np.log(np.maximum(1.0e-7, u2)))
+    normals = np.stack([r01 * np.cos(2 * np.pi * u1), r01 * np.sin(2 * np.pi * u1),
+                        r23 * np.cos(2 * np.pi * u3), r23 * np.sin(2 * np.pi * u3)], axis=-1)
+    return normals.reshape(len(draws), 4 * quads)[:, :n_cols]
 
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**63 - 1, -5])
-def test_kernel_draws_are_philox_at_row_major_offsets(backend, seed):
-    """The kernel's tl.randn at offset first_row * Z + flat index."""
+@pytest.mark.parametrize("Z", [7, 8, 1])
+def test_kernel_draws_are_philox_at_row_major_offsets(backend, seed, Z):
+    """The kernel's Philox + Box-Muller: row r is the stream's row first_row + r."""
     backend("triton")
-    S, B, Z = 2, 5, 7
+    S, B = 2, 5
     z, _ = fastvae.reparameterize(torch.zeros(S, B, Z), torch.zeros(S, B, Z), seed=seed)
-    expected = _tl_randn(seed, np.arange(S * B * Z)).reshape(S, B, Z)
+    expected = _kernel_noise(seed, np.arange(S * B), Z).reshape(S, B, Z)
     np.testing.assert_allclose(z.double().numpy(), expected, rtol=0, atol=2e-6)  # float32 transcendental rounding
     # first_row shifts the rows along the same stream
     z_tail, _ = fastvae.reparameterize(torch.zeros(3, Z), torch.zeros(3, Z), seed=seed, first_row=4)
-    np.testing.assert_allclose(z_tail.double().numpy(), _tl_randn(seed, np.arange(4 * Z, 7 * Z)).reshape(3, Z), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(z_tail.double().numpy(), _kernel_noise(seed, np.arange(4, 7), Z), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("seed", [3, 2**63 - 1])
+def test_reference_stream_positions(seed):
+    """reference.philox_randn_ref at stream position p is output p % 4 of counter p // 4, and
+    latent_noise_ref's (S, N, Z) draws sit at ((first_row + r) * S + s) * Z + c for Z % 4 == 0."""
+    from fastvae import reference
+
+    positions = np.arange(3, 61)
+    stream = reference.philox_randn_ref(torch.tensor([seed]), torch.from_numpy(positions)).double().numpy()
+    expected = _kernel_noise(seed, np.arange(16), 4).ravel()[3:61]
+    np.testing.assert_allclose(stream, expected, rtol=0, atol=2e-6)
+    S, N, Z, first_row = 3, 2, 8, 5
+    draws = reference.latent_noise_ref(torch.tensor([seed]), N, Z, samples=S, first_row=first_row).double().numpy()
+    for s in range(S):
+        for r in range(N):
+            start = ((first_row + r) * S + s) * Z
+            position = torch.arange(start, start + Z)
+            np.testing.assert_array_equal(draws[s, r], reference.philox_randn_ref(torch.tensor([seed]), position).double().numpy())
 
 
 @pytest.mark.parametrize("seed", [0, 1234, 2**40 + 17, 2**63 - 1, -5])
-def test_reference_philox_is_the_kernel_stream(seed):
-    """``reference.philox_randn_ref`` (the torch path's draw on CUDA) is tl.randn's stream."""
+@pytest.mark.parametrize("Z", [7, 8])
+def test_reference_noise_is_the_kernel_stream(seed, Z):
+    """``reference.latent_noise_ref`` (the torch path's draw on CUDA) is the kernels' stream."""
     from fastvae import reference
 
-    offsets = torch.arange(3 * 7, 3 * 7 + 50)
-    eps = reference.philox_randn_ref(torch.tensor([seed]), offsets)
-    np.testing.assert_allclose(eps.double().numpy(), _tl_randn(seed, offsets.numpy()), rtol=0, atol=2e-6)
+    eps = reference.latent_noise_ref(torch.tensor([seed]), 50, Z, first_row=3)[0]
+    np.testing.assert_allclose(eps.double().numpy(), _kernel_noise(seed, np.arange(3, 53), Z), rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 2**63 - 1, -5])
@@ -160,8 +187,8 @@ def test_cpu_torch_path_draws_seeded_randn_blocks(backend, seed):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
 def test_kernels_draw_the_reference_philox_noise(monkeypatch, dtype):
-    """The same seed gives the same z on the Triton path and through ``reference.philox_randn_ref``
-    (to float32 rounding of log / cos)."""
+    """The same seed gives the same z on the Triton path and through ``reference.latent_noise_ref``
+    (to float32 rounding of log / sqrt / sin / cos)."""
     from fastvae import reference
 
     mu = torch.randn(7, 13, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -170,7 +197,7 @@ def test_kernels_draw_the_reference_philox_noise(monkeypatch, dtype):
     tol = {torch.float64: 2e-6, torch.float32: 2e-6, torch.float16: 2e-3}[dtype]
     for seed, first in ((77, 0), (78, 3)):
         z, _ = fastvae.reparameterize(mu, logvar, seed=seed, first_row=first)
-        eps = reference.philox_randn_ref(torch.tensor([seed]), torch.arange(mu.numel()) + first * 13).reshape(mu.shape)
+        eps = reference.latent_noise_ref(torch.tensor([seed]), 7, 13, first_row=first)[0]
         expected, _ = reference.reparameterize_ref(mu, logvar, eps.to(dtype))
         torch.testing.assert_close(z, expected, rtol=tol, atol=tol)
 
