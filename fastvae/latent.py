@@ -19,8 +19,14 @@ from .data.seeding import derive_seed
 from .input_checks import require_float_tensor, require_rows, require_same_device, require_same_shape
 
 SEED_HIGH = 2**62
-# Noise offsets (first_row * Z + flat index) are int64 counters: all must be < 2**63.
-NOISE_OFFSET_END = 2**63
+# Philox counters of the noise, ((first_row + r) * samples + s) * ceil(Z / 4) + quad, are int64
+# in the kernels and in the torch path: all must be < 2**63.
+NOISE_COUNTER_END = 2**63
+
+
+def last_first_row(n_rows: int, n_latent: int, samples: int = 1) -> int:
+    """The largest ``first_row`` whose noise counters all stay below 2**63 (for n_rows rows of Z = n_latent)."""
+    return NOISE_COUNTER_END // (samples * -(-n_latent // 4)) - n_rows
 
 
 @torch.library.custom_op("fastvae::latent_head", mutates_args=())
@@ -148,8 +154,8 @@ def reparameterize(
         first_row: the rows draw the noise of rows ``first_row, first_row + 1, ...`` of the
             seed's stream (rows counted over the flattened leading dims). Data-parallel ranks
             pass their shard's start, so a global batch gets the same noise as in one process.
-            The offsets must stay below 2**63 (``first_row * Z + mu.numel() <= 2**63``); only
-            with a seed (or ``seed=None``), not with ``eps``.
+            The stream's counters must stay below 2**63 (``first_row <= last_first_row(N, Z)``,
+            N the number of rows); only with a seed (or ``seed=None``), not with ``eps``.
 
     Returns:
         ``z`` shaped and typed like ``mu``, and ``kl`` of shape ``mu.shape[:-1]`` in float32
@@ -185,12 +191,12 @@ def reparameterize(
         raise ValueError(f"first_row must be a non-negative int, got {first_row!r}")
     if first_row and eps is not None:
         raise ValueError("first_row selects rows of the seed's noise stream; with eps= nothing is drawn, so it would be ignored")
-    if first_row * mu.shape[-1] + mu.numel() > NOISE_OFFSET_END:
-        last = (NOISE_OFFSET_END - mu.numel()) // mu.shape[-1]
+    last = last_first_row(mu.numel() // mu.shape[-1], mu.shape[-1])
+    if first_row > last:
         raise ValueError(
-            f"first_row={first_row} is too large: the noise offsets first_row * {mu.shape[-1]} (latent dims) + "
-            f"index would pass 2**63 - 1, the end of the int64 noise stream; for mu of shape {tuple(mu.shape)} "
-            f"first_row can be at most {last}"
+            f"first_row={first_row} is too large: the noise counters (first_row + row) * ceil({mu.shape[-1]} / 4) "
+            f"+ column // 4 would pass 2**63 - 1, the end of the int64 noise stream; for mu of shape "
+            f"{tuple(mu.shape)} first_row can be at most {last}"
         )
     device = require_same_device(**tensors)
 

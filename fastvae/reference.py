@@ -123,7 +123,7 @@ def latent_noise_ref(
     """
     quads_per_row = -(-n_cols // 4)
     device = seed.device
-    rows = torch.arange(first_row, first_row + n_rows, dtype=torch.int64, device=device)
+    rows = first_row + torch.arange(n_rows, dtype=torch.int64, device=device)  # first_row may be near 2**63
     draws = rows[None, :] * samples + torch.arange(samples, dtype=torch.int64, device=device)[:, None]  # (S, N)
     counters = draws[..., None] * quads_per_row + torch.arange(quads_per_row, dtype=torch.int64, device=device)
     return _normal_quads(seed, counters).reshape(samples, n_rows, 4 * quads_per_row)[..., :n_cols]
