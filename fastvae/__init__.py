@@ -7,6 +7,7 @@
 >>> loss = fastvae.ELBOLoss("bernoulli")(logits, torch.ones(8, 5), kl)
 """
 
+from .iwae import IWAELoss
 from .latent import reparameterize
 from .likelihood import (
     bernoulli_log_likelihood,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELBOLoss",
+    "IWAELoss",
     "bernoulli_log_likelihood",
     "continuous_bernoulli_log_likelihood",
     "gaussian_log_likelihood",

@@ -22,6 +22,7 @@ SEED_HIGH = 2**62
 # Philox counters of the noise, ((first_row + r) * samples + s) * ceil(Z / 4) + quad, are int64
 # in the kernels and in the torch path: all must be < 2**63.
 NOISE_COUNTER_END = 2**63
+KL_MODES = ("analytic", "sampled")
 
 
 def last_first_row(n_rows: int, n_latent: int, samples: int = 1) -> int:
@@ -88,11 +89,17 @@ def _latent_head_backward_fake(mu, logvar, eps, seed, first, samples, sampled_kl
 def _setup_context(ctx, inputs, output) -> None:
     mu, logvar, eps, seed, first, samples, sampled_kl = inputs
     ctx.first, ctx.samples, ctx.sampled_kl = first, samples, sampled_kl
+    ctx.fastvae_kl = "sampled" if sampled_kl else "analytic"  # what IWAELoss looks for
+    ctx.dreg = None  # IWAELoss(estimator="dreg") attaches its link here
     ctx.save_for_backward(mu, logvar, eps, seed)
 
 
 def _backward(ctx, grad_z, grad_kl):
     mu, logvar, eps, seed = ctx.saved_tensors
+    if ctx.dreg is not None:
+        # DReG: every draw's gradient reweighted by its normalised weight, the kl's score term
+        # dropped (reference.dreg_grad_z_ref); the kernel then backpropagates that through z only
+        grad_z, grad_kl = _dreg_grad_z(ctx, mu, logvar, eps, seed, grad_z, grad_kl), None
     grad_mu, grad_logvar = _latent_head_backward(
         mu, logvar, eps, seed, ctx.first, ctx.samples, ctx.sampled_kl, grad_z, grad_kl
     )
@@ -119,6 +126,24 @@ def _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl_sampled):
     return grad.to(eps.dtype)
 
 
+def _dreg_grad_z(ctx, mu, logvar, eps, seed, grad_z, grad_kl) -> torch.Tensor:
+    """gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std)), (S, N, Z) in the accumulation dtype.
+
+    eps is the caller's, or the seed's stream redrawn exactly by the kernel (mu = 0, lv = 0 gives
+    z = eps): recovering it as (z - mu) / std would lose the digits that z's rounding removed.
+    """
+    weights = ctx.dreg.weights_for(grad_kl)
+    acc = reference.accumulation_dtype(mu, logvar)
+    if eps is None:
+        zeros = torch.zeros(mu.shape, dtype=torch.float32, device=mu.device)
+        eps = _latent_head(zeros, zeros, None, seed, ctx.first, ctx.samples, False)[0]
+    m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
+    std = torch.exp(0.5 * lv)
+    path = m + std * e - e / std  # d(log q - log p)/dz at fixed q: z - eps / std
+    gz = grad_z.to(acc) if grad_z is not None else torch.zeros_like(path)
+    return reference.dreg_grad_z_ref(gz, grad_kl.to(acc).unsqueeze(-1), weights.to(acc), path)
+
+
 _latent_head.register_autograd(_backward, setup_context=_setup_context)
 
 
@@ -137,8 +162,10 @@ def reparameterize(
     eps: torch.Tensor | None = None,
     *,
     first_row: int = 0,
+    samples: int | None = None,
+    kl: str = "analytic",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``z = mu + exp(logvar/2) * eps`` and the analytic ``KL(q(z|x) || N(0, I))`` per row.
+    """Draw ``z = mu + exp(logvar/2) * eps`` and the ``KL(q(z|x) || N(0, I))`` per row.
 
     Args:
         mu, logvar: the encoder's outputs, shape (..., Z), same dtype.
@@ -154,17 +181,28 @@ def reparameterize(
         first_row: the rows draw the noise of rows ``first_row, first_row + 1, ...`` of the
             seed's stream (rows counted over the flattened leading dims). Data-parallel ranks
             pass their shard's start, so a global batch gets the same noise as in one process.
-            The stream's counters must stay below 2**63 (``first_row <= last_first_row(N, Z)``,
-            N the number of rows); only with a seed (or ``seed=None``), not with ``eps``.
+            The stream's counters must stay below 2**63 (``first_row <= last_first_row(N, Z, K)``,
+            N the number of rows, K = samples or 1); only with a seed (or ``seed=None``), not
+            with ``eps``.
+        samples: ``K`` draws per row (importance weighting, ``IWAELoss``; the paper's L > 1):
+            z gets a leading dim of K, from one read of mu and logvar. Draw s of row r takes
+            row ``(first_row + r) * K + s`` of the seed's noise stream, so K = 1 draws what
+            ``samples=None`` draws. ``eps``, if given, is then (K, *mu.shape).
+        kl: ``"analytic"`` (default): the closed form ``-0.5 * sum(1 + lv - mu^2 - exp(lv))``,
+            broadcast over the draws; ``"sampled"``: ``log q(z|x) - log p(z)`` of each draw
+            (its mean over draws is the analytic KL; ``IWAELoss`` needs it, DReG too).
 
     Returns:
-        ``z`` shaped and typed like ``mu``, and ``kl`` of shape ``mu.shape[:-1]`` in float32
-        (float64 for float64 inputs).
+        ``z`` typed like ``mu``, shaped like it (``(K, *mu.shape)`` with ``samples=K``), and
+        ``kl`` of shape ``z.shape[:-1]`` in float32 (float64 for float64 inputs).
 
     >>> mu, logvar = torch.zeros(4, 2), torch.zeros(4, 2)
     >>> z, kl = reparameterize(mu, logvar, seed=0)
     >>> z.shape, kl.shape
     (torch.Size([4, 2]), torch.Size([4]))
+    >>> z, kl = reparameterize(mu, logvar, seed=0, samples=5, kl="sampled")
+    >>> z.shape, kl.shape
+    (torch.Size([5, 4, 2]), torch.Size([5, 4]))
     """
     require_float_tensor("mu", mu)
     require_float_tensor("logvar", logvar)
@@ -172,10 +210,17 @@ def reparameterize(
     require_same_shape("logvar", logvar, "mu", mu)
     if logvar.dtype != mu.dtype:
         raise TypeError(f"logvar has dtype {logvar.dtype} but mu has {mu.dtype}; they must match")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"samples must be a positive int (draws per row) or None, got {samples!r}")
+    if kl not in KL_MODES:
+        raise ValueError(f"kl must be one of {', '.join(KL_MODES)}, got {kl!r}")
+    draws_shape = mu.shape if samples is None else torch.Size((samples, *mu.shape))
     tensors = {"mu": mu, "logvar": logvar}
     if eps is not None:
         require_float_tensor("eps", eps)
-        require_same_shape("eps", eps, "mu", mu)
+        if eps.shape != draws_shape:
+            what = "mu" if samples is None else f"(samples, *mu.shape) with samples={samples}"
+            raise ValueError(f"eps has shape {tuple(eps.shape)} but must be {tuple(draws_shape)}, like {what}")
         tensors["eps"] = eps
         if seed is not None:
             raise ValueError("pass either seed or eps, not both: eps is the noise itself")
@@ -191,28 +236,38 @@ def reparameterize(
         raise ValueError(f"first_row must be a non-negative int, got {first_row!r}")
     if first_row and eps is not None:
         raise ValueError("first_row selects rows of the seed's noise stream; with eps= nothing is drawn, so it would be ignored")
-    last = last_first_row(mu.numel() // mu.shape[-1], mu.shape[-1])
+    draws = samples or 1
+    last = last_first_row(mu.numel() // mu.shape[-1], mu.shape[-1], draws)
     if first_row > last:
         raise ValueError(
-            f"first_row={first_row} is too large: the noise counters (first_row + row) * ceil({mu.shape[-1]} / 4) "
-            f"+ column // 4 would pass 2**63 - 1, the end of the int64 noise stream; for mu of shape "
-            f"{tuple(mu.shape)} first_row can be at most {last}"
+            f"first_row={first_row} is too large: the noise counters ((first_row + row) * {draws} (samples) + draw) "
+            f"* ceil({mu.shape[-1]} / 4) + column // 4 would pass 2**63 - 1, the end of the int64 noise stream; "
+            f"for mu of shape {tuple(mu.shape)} first_row can be at most {last}"
         )
     device = require_same_device(**tensors)
 
     if not use_triton(device):
         if eps is None:
-            eps = _torch_noise(mu, seed, first_row)
-        return reference.reparameterize_ref(mu, logvar, eps)
+            eps = _torch_noise(mu, seed, first_row, samples)
+        if samples is None and kl == "analytic":
+            return reference.reparameterize_ref(mu, logvar, eps)
+        return reference.reparameterize_draws_ref(mu, logvar, eps, kl)
 
     batch_shape, n_latent = mu.shape[:-1], mu.shape[-1]
     if eps is None:
         seed_tensor = draw_seed(device) if seed is None else _seed_tensor(seed, device)
     else:
         seed_tensor = mu.new_empty(0, dtype=torch.int64)  # never read: the kernel reads eps
-        eps = eps.reshape(1, -1, n_latent)
-    z, kl = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor, first_row)
-    return z.reshape(mu.shape), kl.reshape(batch_shape)
+        eps = eps.reshape(draws, -1, n_latent)
+    z, kl_out = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor, first_row,
+                             draws, kl == "sampled")
+    if kl == "sampled":
+        kl_out = kl_out.reshape(draws_shape[:-1])  # a view: IWAELoss(estimator="dreg") looks through it
+    elif samples is not None:
+        kl_out = kl_out.reshape(batch_shape).expand(draws_shape[:-1])
+    else:
+        kl_out = kl_out.reshape(batch_shape)
+    return z.reshape(draws_shape), kl_out
 
 
 def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -221,27 +276,34 @@ def _seed_tensor(seed: int | torch.Tensor, device: torch.device) -> torch.Tensor
     return torch.tensor([seed], dtype=torch.int64, device=device)
 
 
-def _torch_noise(mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: int) -> torch.Tensor:
-    """Noise for the torch path.
+def _torch_noise(
+    mu: torch.Tensor, seed: int | torch.Tensor | None, first_row: int, samples: int | None = None
+) -> torch.Tensor:
+    """Noise for the torch path, like mu, or (samples, *mu.shape).
 
-    ``seed=None`` (and no ``first_row``): ``torch.randn_like``, the cheapest draw, reproducible
+    ``seed=None`` (and no ``first_row``): ``torch.randn``, the cheapest draw, reproducible
     under ``torch.manual_seed``. A seed on the CPU: :func:`cpu_seeded_normal`. A seed on another
-    device: the kernel's own stream (row ``first_row + r`` of the seed's stream for row r)
-    through the pure-torch Philox (``reference.latent_noise_ref``: no host-device sync, traceable).
+    device: the kernel's own stream through the pure-torch Philox (``reference.latent_noise_ref``:
+    no host-device sync, traceable). Either way draw s of row r is row ``(first_row + r) * S + s``
+    of the seed's stream (S = samples or 1).
     """
     if seed is None and first_row == 0:
-        return torch.randn_like(mu)
+        if samples is None:
+            return torch.randn_like(mu)
+        return torch.randn((samples, *mu.shape), dtype=reference.accumulation_dtype(mu), device=mu.device)
     seed_tensor = draw_seed(mu.device) if seed is None else _seed_tensor(seed, mu.device)
-    n_latent = mu.shape[-1]
+    n_latent, draws = mu.shape[-1], samples or 1
     rows = mu.numel() // n_latent if n_latent else 0
     if mu.device.type == "cpu":
+        # the stream's rows first_row * S ... in (r, s) order, then the draws moved to the front
         if torch.compiler.is_compiling():
-            eps = _cpu_seeded_normal_op(seed_tensor, first_row, rows, n_latent)
+            eps = _cpu_seeded_normal_op(seed_tensor, first_row * draws, rows * draws, n_latent)
         else:
-            eps = cpu_seeded_normal(int(seed_tensor.reshape(())), first_row, rows, n_latent)
-        return eps.reshape(mu.shape)
-    noise = reference.latent_noise_ref(seed_tensor, rows, n_latent, first_row=first_row)
-    return noise.reshape(mu.shape)  # float32, as in the kernel
+            eps = cpu_seeded_normal(int(seed_tensor.reshape(())), first_row * draws, rows * draws, n_latent)
+        eps = eps.reshape(rows, draws, n_latent).transpose(0, 1)
+    else:
+        eps = reference.latent_noise_ref(seed_tensor, rows, n_latent, samples=draws, first_row=first_row)  # float32
+    return eps.reshape(mu.shape) if samples is None else eps.reshape(draws, *mu.shape)
 
 
 #: Rows per independently seeded block of the CPU noise stream.

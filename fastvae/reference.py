@@ -197,6 +197,155 @@ def reparameterize_ref(
     return _Reparameterize.apply(mu, logvar, eps)
 
 
+class _ReparameterizeDraws(torch.autograd.Function):
+    """S draws per row, z_s = mu + std * eps_s (std = exp(lv/2)), with the analytic KL or the
+    sampled one, kl_s = log q(z_s|x) - log p(z_s) = sum_c 0.5 * (z_s^2 - eps_s^2 - lv).
+
+    eps is (S, ..., Z) for S draws, or shaped like mu for one draw without a sample dim. The
+    analytic KL is returned once per row (the caller broadcasts it over the draws).
+    Backward, with gz_s = dL/dz_s and gkl_s = dL/dkl_s (per row), summed over the draws:
+        sampled:  t_s     = gz_s + gkl_s * z_s
+                  dL/dmu  = sum_s t_s
+                  dL/dlv  = sum_s 0.5 * std * eps_s * t_s - 0.5 * gkl_s
+                  dL/deps_s = std * t_s - gkl_s * eps_s
+        analytic: dL/dmu  = sum_s gz_s + gkl * mu
+                  dL/dlv  = sum_s 0.5 * std * eps_s * gz_s + 0.5 * gkl * (exp(lv) - 1)
+                  dL/deps_s = std * gz_s
+    DReG (sampled only; ``ctx.dreg`` set by ``IWAELoss(estimator="dreg")``): the kl's score
+    term is dropped and the draws are reweighted, gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std))
+    (``dreg_grad_z_ref``); then dL/dmu = sum_s gz'_s, dL/dlv = sum_s 0.5 * std * eps_s * gz'_s.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, sampled: bool):
+        acc = accumulation_dtype(mu, logvar)
+        m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
+        std = torch.exp(0.5 * lv)
+        z = torch.addcmul(m, std, e)
+        if sampled:
+            kl = 0.5 * (z.square() - e.square() - lv).sum(-1)
+        else:
+            kl = kl_standard_normal_ref(m, lv)
+        ctx.save_for_backward(m, std, e)
+        ctx.inputs = [(t.shape, t.dtype) for t in (mu, logvar, eps)]
+        ctx.fastvae_kl = "sampled" if sampled else "analytic"  # what IWAELoss looks for
+        ctx.dreg = None  # IWAELoss(estimator="dreg") attaches its link here
+        return z.to(mu.dtype), kl
+
+    @staticmethod
+    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
+    def backward(ctx, grad_z, grad_kl):
+        m, std, e = ctx.saved_tensors
+        gz, gkl = grad_z.to(m.dtype), grad_kl.to(m.dtype).unsqueeze(-1)
+        if ctx.fastvae_kl == "analytic":
+            # per-draw terms summed over the draws, then the per-row KL terms
+            grad_mu = gz.sum_to_size(m.shape) + gkl * m
+            grad_lv = (0.5 * std * e * gz).sum_to_size(m.shape) + 0.5 * gkl * (std.square() - 1.0)
+            grad_eps = std * gz
+        elif ctx.dreg is not None:
+            z = torch.addcmul(m, std, e)
+            gz = dreg_grad_z_ref(gz, gkl, ctx.dreg.weights_for(grad_kl), z - e / std)
+            grad_mu = gz.sum_to_size(m.shape)
+            grad_lv = (0.5 * std * e * gz).sum_to_size(m.shape)
+            grad_eps = std * gz
+        else:
+            t = torch.addcmul(gz, gkl, torch.addcmul(m, std, e))  # gz_s + gkl_s * z_s
+            grad_mu = t.sum_to_size(m.shape)
+            grad_lv = (0.5 * std * e * t - 0.5 * gkl).sum_to_size(m.shape)
+            grad_eps = std * t - gkl * e
+        need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
+        return (
+            grad_mu.to(ctx.inputs[0][1]) if need_mu else None,
+            grad_lv.to(ctx.inputs[1][1]) if need_lv else None,
+            _to_input(grad_eps, *ctx.inputs[2]) if need_eps else None,
+            None,
+        )
+
+
+def reparameterize_draws_ref(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, kl: str = "sampled"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = mu + exp(logvar/2) * eps for each draw of eps, and the KL per draw.
+
+    Args:
+        mu, logvar: (..., Z).
+        eps: (S, ..., Z) for S draws, or shaped like mu for one draw.
+        kl: ``"sampled"``: log q(z|x) - log p(z) of each draw; ``"analytic"``: the closed form,
+            broadcast over the draws.
+
+    Returns:
+        z shaped like eps in mu's dtype; kl shaped eps.shape[:-1] in the accumulation dtype.
+    """
+    z, kl_value = _ReparameterizeDraws.apply(mu, logvar, eps, kl == "sampled")
+    if kl == "analytic":
+        kl_value = kl_value.expand(eps.shape[:-1])
+    return z, kl_value  # the sampled kl is the node's own output: IWAELoss(estimator="dreg") finds it there
+
+
+def dreg_grad_z_ref(
+    grad_z: torch.Tensor, grad_kl: torch.Tensor, weights: torch.Tensor, path: torch.Tensor
+) -> torch.Tensor:
+    """The gradient DReG (Tucker et al., 2018) sends back through z_k to the encoder.
+
+    With an IWAE loss as the only consumer of z and kl, grad_kl_k = g * w_k and grad_z_k =
+    -g * w_k * dlog p(x|z_k)/dz_k; DReG wants -g * w_k^2 * dlog w_k/dz_k at fixed encoder
+    parameters, where dkl_k/dz_k without the score term is the path derivative
+    ``path = z_k - eps_k / std``. So every draw's gradient is reweighted by its w_k:
+        gz'_k = w_k * (grad_z_k + grad_kl_k * path_k)
+    and kl sends nothing further. ``grad_kl`` comes with a trailing unit dim, ``weights`` like grad_kl
+    without it.
+    """
+    return weights.unsqueeze(-1) * torch.addcmul(grad_z, grad_kl, path)
+
+
+class _ImportanceWeightedBound(torch.autograd.Function):
+    """bound = logsumexp_k(ll_k - kl_k) - log K per example, the draws k along dim 0.
+
+    Backward, with g = dL/dbound (per example) and the normalised importance weights
+    w_k = softmax_k(ll_k - kl_k), computed once:
+        dL/dll_k = g * w_k,    dL/dkl_k = -g * w_k
+    The weights are exp(log_w_k - max) / sum_j exp(log_w_j - max), not exp(log_w_k - bound):
+    at |log_w| ~ 1e8 and beyond, float32 absorbs log sum_j exp(...) into the max and the
+    latter would no longer sum to 1.
+    """
+
+    @staticmethod
+    def forward(ctx, ll, kl, observer):
+        acc = accumulation_dtype(ll, kl)
+        log_w = ll.to(acc) - kl.to(acc)
+        bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # max-shifted: stable for any K
+        ctx.save_for_backward(log_w)
+        ctx.observer = observer
+        ctx.inputs = [t.dtype for t in (ll, kl)]
+        return bound
+
+    @staticmethod
+    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
+    def backward(ctx, grad_bound):
+        (log_w,) = ctx.saved_tensors
+        weights = torch.softmax(log_w, 0)
+        grad_ll = grad_bound * weights
+        grad_kl = (-grad_ll).to(ctx.inputs[1])
+        if ctx.observer is not None:
+            ctx.observer(weights, grad_kl)
+        return grad_ll.to(ctx.inputs[0]), grad_kl, None
+
+
+def importance_weighted_bound_ref(
+    ll: torch.Tensor, kl: torch.Tensor, observer=None
+) -> torch.Tensor:
+    """Burda et al.'s bound, ``logsumexp_k(ll_k - kl_k) - log K`` per example (draws along dim 0).
+
+    ``ll`` and ``kl`` are (K, ...) log p(x|z_k) and log q(z_k|x) - log p(z_k), accumulated in
+    float32 (float64 for float64 inputs). ``observer(weights, grad_kl)``, if given, is called in
+    the backward with the normalised weights and the gradient sent to kl (DReG uses it).
+
+    >>> importance_weighted_bound_ref(torch.zeros(4, 2), torch.zeros(4, 2))
+    tensor([0., 0.])
+    """
+    return _ImportanceWeightedBound.apply(ll, kl, observer)
+
+
 class _LogitLikelihood(torch.autograd.Function):
     """ll = sum(x*l - softplus(l)) per row (Bernoulli), plus sum(log C(l)) if continuous.
 

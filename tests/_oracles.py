@@ -41,3 +41,18 @@ def max_errors(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, flo
     if diff.numel() == 0:
         return 0.0, 0.0
     return diff.max().item(), (diff / expected.abs().clamp_min(1.0)).max().item()
+
+
+def sampled_kl(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) - log p(z) per draw in float64: Normal(mu, exp(lv/2)) against N(0, I)."""
+    z, mu, logvar = z.double(), mu.double(), logvar.double()
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    return (q.log_prob(z) - p.log_prob(z)).sum(-1)
+
+
+def iwae_bound(ll: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k exp(ll_k - kl_k) over dim 0 in float64, the log-sum-exp written out."""
+    log_w = ll.double() - kl.double()
+    top = log_w.max(0).values
+    return top + torch.log(torch.exp(log_w - top).sum(0)) - torch.log(torch.tensor(float(log_w.shape[0]), dtype=torch.float64))
