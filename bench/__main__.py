@@ -3,6 +3,7 @@
     python -m bench                      # everything, on CUDA when available
     python -m bench --device cpu --threads 1
     python -m bench --quick --only loss  # a small subset, short timings
+    python -m bench --only iwae          # the IWAE / DReG loss step and DReG's variance reduction
     python -m bench --device cuda --only loss --likelihood bernoulli --dtype fp32   # one slice of the grid
 
 Full runs write ``bench/results/<device>.md`` and ``<device>-loss.csv`` / ``<device>-train.csv``;
@@ -30,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     speed.add_argument("--quick", action="store_true", help="a small subset of cases with short timings")
     speed.add_argument("--tiny", action="store_true",
                        help="seconds: tiny shapes, compile with the 'eager' backend; checks the benchmark code runs")
-    p.add_argument("--only", choices=("loss", "train"), help="run one benchmark only")
+    p.add_argument("--only", choices=("loss", "train", "iwae"), help="run one benchmark only")
     p.add_argument("--likelihood", action="append", choices=("bernoulli", "gaussian"),
                    help="loss head: only these likelihoods (repeatable)")
     p.add_argument("--dtype", action="append", choices=("fp32", "bf16"), help="loss head: only these dtypes (repeatable)")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from . import loss_head, report, training
+    from . import iwae, loss_head, report, training
 
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     info = common.device_info(kind)
@@ -106,9 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(common.text_table(loss_head.summarize(loss_rows), loss_head.SUMMARY_COLUMNS))
         print()
-    files = report.paths(Path(out_dir), info.slug)
+    iwae_rows: list[dict] = []
+    if args.only in (None, "iwae"):
+        iwae_rows, variance = iwae.run(info, iwae.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor"),
+                                       Path(out_dir), "python -m bench " + " ".join(sys.argv[1:]),
+                                       fresh=args.fresh and args.only == "iwae")
+        print()
+        print(common.text_table(iwae.summarize(iwae_rows), iwae.TIMING_SUMMARY))
+        print(common.text_table(variance, iwae.VARIANCE_SUMMARY))
+        print()
+    files = report.paths(Path(out_dir), info.slug) | (iwae.paths(Path(out_dir), info.slug) if iwae_rows else {})
     print(f"wrote {', '.join(str(p) for p in files.values() if p.exists())} in {time.perf_counter() - started:.0f} s")
-    errors = [r for r in (train_rows or []) + (loss_rows or []) if str(r.get("flag") or "").startswith("ERROR")]
+    errors = [r for r in (train_rows or []) + (loss_rows or []) + iwae_rows if str(r.get("flag") or "").startswith("ERROR")]
     if errors:
         print(f"{len(errors)} contender run(s) failed; see the ERROR flags above", file=sys.stderr)
         return 1

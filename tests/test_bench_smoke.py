@@ -45,7 +45,7 @@ def test_tiny_run_writes_tables(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     files = sorted(p.name for p in tmp_path.iterdir())
-    slug = files[0].split("-loss.csv")[0].split("-train.csv")[0].split(".md")[0]
+    slug = next(name for name in files if name.endswith("-loss.csv"))[: -len("-loss.csv")]
     paths = report.paths(tmp_path, slug)
     assert all(p.exists() for p in paths.values()), files
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing behind

@@ -156,20 +156,21 @@ def encoder_gradient_draws(estimator: str, K: int, n_draws: int, perturbation: f
 
 @pytest.mark.parametrize("K", [5, 50])
 def test_dreg_reduces_encoder_gradient_variance(backend, one_torch_thread, K):
-    """Paired test over n = 200 draws: both estimators are unbiased for the same gradient, so
-    with the pooled mean g, d_i = |G_iwae,i - g|^2 - |G_dreg,i - g|^2 has mean tr Cov_iwae -
-    tr Cov_dreg. The reduction must exceed 5 standard errors of mean(d) (CLT over the i.i.d.
-    draws; a false alarm has probability ~3e-7) and be at least 10-fold (measured: ~1000-fold at
-    K = 5, ~800-fold at K = 50 near the optimum, where the IWAE encoder gradient keeps its score
-    noise and DReG's vanishes)."""
+    """Paired test over n = 200 draws (the same noise for both estimators): with each
+    estimator's own mean, d_i = |G_iwae,i - mean_iwae|^2 - |G_dreg,i - mean_dreg|^2 has mean
+    (n-1)/n (tr Cov_iwae - tr Cov_dreg). The reduction must exceed 5 standard errors of mean(d)
+    (CLT over the i.i.d. draws; a false alarm has probability ~3e-7) and be at least 100-fold
+    (measured: ~1.6e4-fold at K = 5, ~1.5e6-fold at K = 50: near the optimum the IWAE encoder
+    gradient keeps the O(1/K) noise of its score term, while DReG's gradient, like its
+    variance, vanishes with the distance to the optimum)."""
     backend("torch")
     n = 200
     iwae, dreg = encoder_gradient_draws("iwae", K, n), encoder_gradient_draws("dreg", K, n)
-    pooled = torch.cat([iwae, dreg]).mean(0)
-    var_iwae, var_dreg = (iwae - pooled).square().sum(1), (dreg - pooled).square().sum(1)
+    var_iwae, var_dreg = (iwae - iwae.mean(0)).square().sum(1), (dreg - dreg.mean(0)).square().sum(1)
     d = var_iwae - var_dreg
     assert d.mean() > 5 * d.std() / math.sqrt(n), (d.mean(), d.std())
-    assert var_iwae.mean() > 10 * var_dreg.mean(), (var_iwae.mean(), var_dreg.mean())
+    assert var_iwae.mean() > 100 * var_dreg.mean(), (var_iwae.mean(), var_dreg.mean())
+    print(f"\nK={K}: encoder-gradient variance IWAE / DReG = {var_iwae.mean() / var_dreg.mean():.0f}")
     # both estimate the same expected gradient: means agree within 5 standard errors per coordinate
     se = torch.sqrt(iwae.var(0) / n + dreg.var(0) / n)
     assert ((iwae.mean(0) - dreg.mean(0)).abs() < 5 * se).all()
