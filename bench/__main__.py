@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(common.text_table(iwae.summarize(iwae_rows), iwae.TIMING_SUMMARY))
         print(common.text_table(variance, iwae.VARIANCE_SUMMARY))
         print()
-    files = report.paths(Path(out_dir), info.slug) | (iwae.paths(Path(out_dir), info.slug) if iwae_rows else {})
+    files = (report.paths(Path(out_dir), info.slug) if loss_rows is not None or train_rows is not None else {}) | (
+        iwae.paths(Path(out_dir), info.slug) if iwae_rows else {})
     print(f"wrote {', '.join(str(p) for p in files.values() if p.exists())} in {time.perf_counter() - started:.0f} s")
     errors = [r for r in (train_rows or []) + (loss_rows or []) + iwae_rows if str(r.get("flag") or "").startswith("ERROR")]
     if errors:
