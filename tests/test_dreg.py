@@ -105,6 +105,26 @@ def test_dreg_gradients_match_the_papers_formula(backend, backend_name, K, likel
     assert not torch.allclose(enc_got[0], enc_iwae[0])
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_seeded_dreg_uses_the_noise_it_drew(backend, backend_name):
+    """With a seed the DReG backward redraws the seed's noise (the kernel path regenerates it, it
+    never recovers it from z): the gradients equal those of the same draw passed as eps."""
+    backend(backend_name)
+    K = 4
+    encoder, decoder, _, x = _tiny_model(3, "bernoulli")
+    params = [*encoder.parameters(), *decoder.parameters()]
+    zeros = torch.zeros(BATCH, Z_DIM, dtype=torch.float64)
+    eps, _ = fastvae.reparameterize(zeros, zeros, seed=21, samples=K)  # mu = 0, std = 1: z is the noise
+
+    def grads(**noise):
+        mu, logvar = encoder(x).chunk(2, dim=-1)
+        z, kl = fastvae.reparameterize(mu, logvar, samples=K, kl="sampled", **noise)
+        return torch.autograd.grad(fastvae.IWAELoss("bernoulli", estimator="dreg")(decoder(z), x, kl), params)
+
+    for seeded, given in zip(grads(seed=21), grads(eps=eps)):
+        torch.testing.assert_close(seeded, given, rtol=1e-6, atol=1e-9)
+
+
 def test_one_draw_dreg_is_sticking_the_landing(backend):
     """K = 1: DReG is the path-only ("sticking the landing", Roeder et al. 2017) ELBO gradient,
     which is zero for the encoder when q is the exact posterior (for any draw)."""
