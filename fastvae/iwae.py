@@ -28,13 +28,17 @@ Limits (documented in the README):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from . import reference
 from .input_checks import require_float_tensor, require_same_device
+from .latent import _reparameterize
 from .likelihood import LIKELIHOODS, log_likelihood
 from .loss import REDUCTIONS
+from .step import Noise, StepOutput
 
 ESTIMATORS = ("iwae", "dreg")
 
@@ -184,3 +188,49 @@ def _attach_dreg_link(kl: torch.Tensor) -> DregLink:
                          "draw of z and kl")
     node.dreg = DregLink()
     return node.dreg
+
+
+@dataclass(frozen=True)
+class IWAE:
+    """The importance-weighted bound as a training objective for :func:`fastvae.step.aevb_objective`
+    (and so for ``fastvae train --objective iwae``): ``-mean_i(logsumexp_k(ll_ik - kl_ik) - log K)``
+    over K = ``samples`` draws of z per example, with the IWAE or the DReG gradient.
+
+    Here the step owns z and kl (z goes only to ``model.decode``, kl only to the bound), so DReG
+    needs no link: the sampling node reads the weights off kl's gradient
+    (``reference.dreg_weights_from_grad_kl``), and the step compiles (``torch.compile``,
+    ``fullgraph=True``, CUDA graphs) with either estimator. Draw k of example i is global noise
+    row ``i * K + k``, as with :class:`fastvae.step.ELBO`'s L draws.
+
+    The per-example metrics it reports are the ELBO's terms averaged over the K draws (the ELBO
+    stays the comparable metric); the optimizer minimises the negative bound. There is no KL
+    weight: ``beta`` must be 1 (the trainer refuses ``--beta`` / ``--kl-warmup`` with it).
+
+    >>> out = aevb_objective(model, x, Noise.from_int(0), objective=IWAE(samples=5, estimator="dreg"))
+    """
+
+    samples: int = 5
+    estimator: str = "iwae"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {self.samples!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+
+    @property
+    def draws(self) -> int:
+        return self.samples
+
+    def sample(self, mu: torch.Tensor, logvar: torch.Tensor, noise: Noise) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, Z) posteriors -> z (M, K, Z) and the sampled kl (M, K)."""
+        z, kl = _reparameterize(mu, logvar, noise.seed, None, noise.first_row, self.samples, "sampled",
+                                gradient="dreg" if self.estimator == "dreg" else "full")
+        return z.transpose(0, 1), kl.transpose(0, 1)
+
+    def combine(self, log_likelihood: torch.Tensor, kl: torch.Tensor, beta: float | torch.Tensor) -> StepOutput:
+        """(M, K) per-draw terms -> the negative bound, averaged over the batch."""
+        if not isinstance(beta, torch.Tensor) and beta != 1:
+            raise ValueError(f"the IWAE objective has no KL weight: beta must be 1, got {beta!r}")
+        bound = reference.importance_weighted_bound_ref(log_likelihood.transpose(0, 1), kl.transpose(0, 1))
+        return StepOutput(-bound.mean(), log_likelihood.mean(1), kl.mean(1))

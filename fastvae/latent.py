@@ -39,6 +39,7 @@ def _latent_head(
     first: int,
     samples: int = 1,
     sampled_kl: bool = False,
+    gradient: str = "full",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused latent head on (N, Z) ``mu``/``logvar``: ``samples`` draws per row.
 
@@ -46,7 +47,8 @@ def _latent_head(
     ``sampled_kl``, else the analytic KL, (N,). ``eps`` (samples, N, Z) is used as the noise if
     given; otherwise draw s of row r is the Philox stream's row ``(first + r) * samples + s``
     for the int64 ``seed`` (``reference.latent_noise_ref``). ``first`` is the global index of
-    row 0 (data-parallel shards).
+    row 0 (data-parallel shards). ``gradient`` changes only the backward: ``"full"``, or a
+    score-free mode of ``reference.SCORE_FREE_GRADIENTS`` (``"dreg"``, ``"path"``).
     """
     from .kernels.latent_head import latent_head_forward
 
@@ -56,7 +58,7 @@ def _latent_head(
 
 
 @_latent_head.register_fake
-def _latent_head_fake(mu, logvar, eps, seed, first, samples=1, sampled_kl=False):
+def _latent_head_fake(mu, logvar, eps, seed, first, samples=1, sampled_kl=False, gradient="full"):
     acc = reference.accumulation_dtype(mu, logvar)
     n_rows, n_cols = mu.shape
     kl_shape = (samples, n_rows) if sampled_kl else (n_rows,)
@@ -87,10 +89,11 @@ def _latent_head_backward_fake(mu, logvar, eps, seed, first, samples, sampled_kl
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    mu, logvar, eps, seed, first, samples, sampled_kl = inputs
+    mu, logvar, eps, seed, first, samples, sampled_kl, gradient = inputs
     ctx.first, ctx.samples, ctx.sampled_kl = first, samples, sampled_kl
     ctx.fastvae_kl = "sampled" if sampled_kl else "analytic"  # what IWAELoss looks for
-    ctx.dreg = None  # IWAELoss(estimator="dreg") attaches its link here
+    # IWAELoss(estimator="dreg") attaches its link here; or set now by gradient="dreg" / "path"
+    ctx.dreg = reference.SCORE_FREE_GRADIENTS.get(gradient)
     ctx.save_for_backward(mu, logvar, eps, seed)
 
 
@@ -106,7 +109,7 @@ def _backward(ctx, grad_z, grad_kl):
     grad_eps = None
     if eps is not None and ctx.needs_input_grad[2]:
         grad_eps = _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl if ctx.sampled_kl else None)
-    return grad_mu, grad_logvar, grad_eps, None, None, None, None
+    return grad_mu, grad_logvar, grad_eps, None, None, None, None, None
 
 
 def _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl_sampled):
@@ -127,21 +130,25 @@ def _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl_sampled):
 
 
 def _dreg_grad_z(ctx, mu, logvar, eps, seed, grad_z, grad_kl) -> torch.Tensor:
-    """gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std)), (S, N, Z) in the accumulation dtype.
+    """gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std)), (S, N, Z) in the accumulation dtype
+    (w_s = 1 for the "path" gradient).
 
     eps is the caller's, or the seed's stream redrawn exactly by the kernel (mu = 0, lv = 0 gives
     z = eps): recovering it as (z - mu) / std would lose the digits that z's rounding removed.
     """
-    weights = ctx.dreg.weights_for(grad_kl)
     acc = reference.accumulation_dtype(mu, logvar)
+    if grad_kl is None:  # kl unused: nothing to reweight by (a DReG link then refuses the gradient)
+        grad_kl = torch.zeros((ctx.samples, mu.shape[0]), dtype=acc, device=mu.device)
+    weights = ctx.dreg.weights_for(grad_kl)
+    weights = None if weights is None else weights.to(acc)
     if eps is None:
         zeros = torch.zeros(mu.shape, dtype=torch.float32, device=mu.device)
-        eps = _latent_head(zeros, zeros, None, seed, ctx.first, ctx.samples, False)[0]
+        eps = _latent_head(zeros, zeros, None, seed, ctx.first, ctx.samples)[0]
     m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
     std = torch.exp(0.5 * lv)
     path = m + std * e - e / std  # d(log q - log p)/dz at fixed q: z - eps / std
     gz = grad_z.to(acc) if grad_z is not None else torch.zeros_like(path)
-    return reference.dreg_grad_z_ref(gz, grad_kl.to(acc).unsqueeze(-1), weights.to(acc), path)
+    return reference.dreg_grad_z_ref(gz, grad_kl.to(acc).unsqueeze(-1), weights, path)
 
 
 _latent_head.register_autograd(_backward, setup_context=_setup_context)
@@ -204,6 +211,26 @@ def reparameterize(
     >>> z.shape, kl.shape
     (torch.Size([5, 4, 2]), torch.Size([5, 4]))
     """
+    return _reparameterize(mu, logvar, seed, eps, first_row, samples, kl)
+
+
+def _reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    seed: int | torch.Tensor | None,
+    eps: torch.Tensor | None,
+    first_row: int,
+    samples: int | None,
+    kl: str,
+    gradient: str = "full",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reparameterize``, with a score-free backward for objectives that own z and kl:
+    ``gradient="dreg"`` (``fastvae.iwae.IWAE``: the weights read off kl's gradient, unchecked,
+    so it also runs under torch.compile) or ``"path"`` (sticking the landing,
+    ``fastvae.step.ELBO(path_gradient=True)``); both need ``kl="sampled"``."""
+    if gradient != "full" and (gradient not in reference.SCORE_FREE_GRADIENTS or kl != "sampled"):
+        raise ValueError(f"gradient={gradient!r} needs kl='sampled' and one of full, "
+                         f"{', '.join(reference.SCORE_FREE_GRADIENTS)}")
     require_float_tensor("mu", mu)
     require_float_tensor("logvar", logvar)
     require_rows("mu", mu)
@@ -251,7 +278,7 @@ def reparameterize(
             eps = _torch_noise(mu, seed, first_row, samples)
         if samples is None and kl == "analytic":
             return reference.reparameterize_ref(mu, logvar, eps)
-        return reference.reparameterize_draws_ref(mu, logvar, eps, kl)
+        return reference.reparameterize_draws_ref(mu, logvar, eps, kl, gradient)
 
     batch_shape, n_latent = mu.shape[:-1], mu.shape[-1]
     if eps is None:
@@ -260,7 +287,7 @@ def reparameterize(
         seed_tensor = mu.new_empty(0, dtype=torch.int64)  # never read: the kernel reads eps
         eps = eps.reshape(draws, -1, n_latent)
     z, kl_out = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor, first_row,
-                             draws, kl == "sampled")
+                             draws, kl == "sampled", gradient)
     if kl == "sampled":
         kl_out = kl_out.reshape(draws_shape[:-1])  # a view: IWAELoss(estimator="dreg") looks through it
     elif samples is not None:

@@ -211,13 +211,14 @@ class _ReparameterizeDraws(torch.autograd.Function):
         analytic: dL/dmu  = sum_s gz_s + gkl * mu
                   dL/dlv  = sum_s 0.5 * std * eps_s * gz_s + 0.5 * gkl * (exp(lv) - 1)
                   dL/deps_s = std * gz_s
-    DReG (sampled only; ``ctx.dreg`` set by ``IWAELoss(estimator="dreg")``): the kl's score
-    term is dropped and the draws are reweighted, gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std))
-    (``dreg_grad_z_ref``); then dL/dmu = sum_s gz'_s, dL/dlv = sum_s 0.5 * std * eps_s * gz'_s.
+    DReG (sampled only; ``ctx.dreg``: set by ``IWAELoss(estimator="dreg")``, or from
+    ``gradient``, see ``SCORE_FREE_GRADIENTS``): the kl's score term is dropped and the draws
+    are reweighted, gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std)) (``dreg_grad_z_ref``;
+    ``gradient="path"``: no reweighting); then dL/dmu = sum_s gz'_s, dL/dlv = sum_s 0.5 * std * eps_s * gz'_s.
     """
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, sampled: bool):
+    def forward(ctx, mu, logvar, eps, sampled: bool, gradient: str = "full"):
         acc = accumulation_dtype(mu, logvar)
         m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
         std = torch.exp(0.5 * lv)
@@ -229,7 +230,8 @@ class _ReparameterizeDraws(torch.autograd.Function):
         ctx.save_for_backward(m, std, e)
         ctx.inputs = [(t.shape, t.dtype) for t in (mu, logvar, eps)]
         ctx.fastvae_kl = "sampled" if sampled else "analytic"  # what IWAELoss looks for
-        ctx.dreg = None  # IWAELoss(estimator="dreg") attaches its link here
+        # IWAELoss(estimator="dreg") attaches its link here; or set now by gradient="dreg" / "path"
+        ctx.dreg = SCORE_FREE_GRADIENTS.get(gradient)
         return z.to(mu.dtype), kl
 
     @staticmethod
@@ -259,11 +261,12 @@ class _ReparameterizeDraws(torch.autograd.Function):
             grad_lv.to(ctx.inputs[1][1]) if need_lv else None,
             _to_input(grad_eps, *ctx.inputs[2]) if need_eps else None,
             None,
+            None,
         )
 
 
 def reparameterize_draws_ref(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, kl: str = "sampled"
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, kl: str = "sampled", gradient: str = "full"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """z = mu + exp(logvar/2) * eps for each draw of eps, and the KL per draw.
 
@@ -272,11 +275,15 @@ def reparameterize_draws_ref(
         eps: (S, ..., Z) for S draws, or shaped like mu for one draw.
         kl: ``"sampled"``: log q(z|x) - log p(z) of each draw; ``"analytic"``: the closed form,
             broadcast over the draws.
+        gradient: (sampled only) ``"full"``, or a score-free gradient (``SCORE_FREE_GRADIENTS``):
+            ``"dreg"``, DReG with the weights read off kl's gradient (only right when an IWAE
+            bound over the draws, dim 0, is the only consumer of z and kl); ``"path"``, the
+            score term dropped, no reweighting ("sticking the landing", for the ELBO).
 
     Returns:
         z shaped like eps in mu's dtype; kl shaped eps.shape[:-1] in the accumulation dtype.
     """
-    z, kl_value = _ReparameterizeDraws.apply(mu, logvar, eps, kl == "sampled")
+    z, kl_value = _ReparameterizeDraws.apply(mu, logvar, eps, kl == "sampled", gradient)
     if kl == "analytic":
         kl_value = kl_value.expand(eps.shape[:-1])
     return z, kl_value  # the sampled kl is the node's own output: IWAELoss(estimator="dreg") finds it there
@@ -293,9 +300,40 @@ def dreg_grad_z_ref(
     ``path = z_k - eps_k / std``. So every draw's gradient is reweighted by its w_k:
         gz'_k = w_k * (grad_z_k + grad_kl_k * path_k)
     and kl sends nothing further. ``grad_kl`` comes with a trailing unit dim, ``weights`` like grad_kl
-    without it.
+    without it. ``weights=None``: the score term dropped, no reweighting (the "sticking the
+    landing" gradient of Roeder et al., 2017, what DReG is at K = 1).
     """
-    return weights.unsqueeze(-1) * torch.addcmul(grad_z, grad_kl, path)
+    path_grad = torch.addcmul(grad_z, grad_kl, path)
+    return path_grad if weights is None else weights.unsqueeze(-1) * path_grad
+
+
+def dreg_weights_from_grad_kl(grad_kl: torch.Tensor) -> torch.Tensor:
+    """The normalised importance weights, read off kl's gradient: when an IWAE bound over the
+    draws (dim 0) is the only consumer of kl, grad_kl_k = c * w_k per example (c = -g, or
+    -beta * g), so w_k = grad_kl_k / sum_j grad_kl_j; 0 where an example's gradient is 0."""
+    total = grad_kl.sum(0, keepdim=True)
+    return grad_kl / torch.where(total == 0, torch.ones_like(total), total)
+
+
+class _WeightsFromGradKl:
+    """``ctx.dreg`` of draws made for a DReG objective that consumes z and kl alone (no link to
+    check: traceable under torch.compile)."""
+
+    @staticmethod
+    def weights_for(grad_kl: torch.Tensor) -> torch.Tensor:
+        return dreg_weights_from_grad_kl(grad_kl)
+
+
+class _PathOnly:
+    """``ctx.dreg`` of draws whose kl gradient loses its score term without reweighting."""
+
+    @staticmethod
+    def weights_for(grad_kl: torch.Tensor) -> None:
+        return None
+
+
+#: The sampling node's score-free backward modes, by ``gradient=`` name ("full": none of them).
+SCORE_FREE_GRADIENTS = {"dreg": _WeightsFromGradKl(), "path": _PathOnly()}
 
 
 class _ImportanceWeightedBound(torch.autograd.Function):

@@ -32,7 +32,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from .latent import reparameterize
+from .latent import _reparameterize
 from .likelihood import LIKELIHOODS, log_likelihood
 
 
@@ -87,9 +87,15 @@ class Objective(Protocol):
 @dataclass(frozen=True)
 class ELBO:
     """The AEVB objective: ``mean(beta * KL - log p(x|z))`` with ``samples`` draws of z per example
-    (the paper's L) and the analytic KL. Draw l of example i is global noise row ``i * L + l``."""
+    (the paper's L) and the analytic KL. Draw l of example i is global noise row ``i * L + l``.
+
+    ``path_gradient=True``: the "sticking the landing" gradient (Roeder et al., 2017; DReG at
+    K = 1): the KL is the sampled ``log q(z|x) - log p(z)`` of each draw, and its gradient keeps
+    only the path through z (the score term of log q, zero in expectation, is dropped).
+    """
 
     samples: int = 1
+    path_gradient: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
@@ -102,8 +108,9 @@ class ELBO:
     def sample(self, mu: torch.Tensor, logvar: torch.Tensor, noise: Noise) -> tuple[torch.Tensor, torch.Tensor]:
         m, z_dim = mu.shape[0], mu.shape[-1]
         shape = (m, self.samples, z_dim)
-        return reparameterize(mu.unsqueeze(1).expand(shape), logvar.unsqueeze(1).expand(shape),
-                              seed=noise.seed, first_row=noise.first_row * self.samples)
+        kl, gradient = ("sampled", "path") if self.path_gradient else ("analytic", "full")
+        return _reparameterize(mu.unsqueeze(1).expand(shape), logvar.unsqueeze(1).expand(shape), noise.seed, None,
+                               noise.first_row * self.samples, None, kl, gradient)
 
     def combine(self, log_likelihood: torch.Tensor, kl: torch.Tensor, beta: float | torch.Tensor) -> StepOutput:
         objective = (beta * kl - log_likelihood).mean()

@@ -17,11 +17,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .iwae import ESTIMATORS
 from .likelihood import LIKELIHOODS
 from .models.config import ConvConfig, MLPConfig, ModelConfig, model_config_from_dict, model_config_to_dict
 from .settings import free_settings, setting, validate
 
 OPTIMIZERS = ("adagrad", "adam")
+OBJECTIVES = ("elbo", "iwae")
 BINARIZATIONS = ("auto", "dynamic", "threshold", "none")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,6 +57,12 @@ class TrainConfig:
     model_args: dict = setting(help="--model's constructor keyword arguments, as JSON", default_factory=dict)
     likelihood: str = setting("bernoulli", "decoder distribution p(x|z)", choices=LIKELIHOODS)
     # objective
+    objective: str = setting("elbo", "elbo (the paper's AEVB; L draws averaged) or iwae (Burda et al.'s "
+                             "importance-weighted bound over K draws)", choices=OBJECTIVES)
+    samples_per_example: int = setting(1, "z draws per example: the ELBO's L, or the IWAE bound's K", minimum=1)
+    estimator: str = setting("iwae", "gradient estimator: iwae (the bound's reparameterisation gradient) or dreg "
+                             "(doubly reparameterised, Tucker et al. 2018: lower-variance encoder gradient; with "
+                             "--objective elbo, 'sticking the landing')", choices=ESTIMATORS)
     beta: float = setting(1.0, "KL weight", minimum=0)
     kl_warmup: int = setting(0, "steps over which the KL weight rises linearly from 0 to beta", minimum=0)
     # optimisation
@@ -100,6 +108,8 @@ class TrainConfig:
         validate(self)
         if self.epochs is not None and self.samples is not None:
             raise ValueError("give epochs or samples, not both")
+        if self.objective == "iwae" and (self.beta != 1.0 or self.kl_warmup):
+            raise ValueError("the IWAE bound has no KL weight: --objective iwae needs --beta 1 and --kl-warmup 0")
         if self.binarize in ("dynamic", "threshold") and self.likelihood != "bernoulli":
             raise ValueError(f"binarize={self.binarize!r} only applies to likelihood='bernoulli'")
 

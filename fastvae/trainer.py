@@ -41,6 +41,7 @@ from .models import MODEL_CLASSES, build_model, check_vae_model, class_path
 from .models.interface import construct
 from .progress import Progress
 from .runs import held_out_tensor
+from .iwae import IWAE
 from .step import ELBO, Noise, Objective
 from .stop_signals import StopRequests
 from .threads import choose_threads, step_flops
@@ -75,8 +76,11 @@ def total_steps(cfg: TrainConfig, n_train: int, global_batch: int) -> int:
 
 
 def make_objective(cfg: TrainConfig) -> Objective:
-    """The training objective ``cfg`` asks for (the ELBO with L = 1; objectives plug in here)."""
-    return ELBO()
+    """The training objective ``cfg`` asks for: the ELBO with L draws (the paper's L = 1 by
+    default) or the IWAE bound with K draws, with the plain or the doubly-reparameterised gradient."""
+    if cfg.objective == "iwae":
+        return IWAE(cfg.samples_per_example, cfg.estimator)
+    return ELBO(cfg.samples_per_example, path_gradient=cfg.estimator == "dreg")
 
 
 def run_config(cfg: TrainConfig, model: nn.Module | None) -> TrainConfig:

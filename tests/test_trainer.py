@@ -73,7 +73,7 @@ def _changed(name: str, value):
     alternatives = {"data": "fashion-mnist", "binarize": "threshold", "likelihood": "continuous_bernoulli",
                     "model_class": "fastvae.models.mlp:MLPVAE", "model_args": {"x": 1}, "optimizer": "adam",
                     "model.arch": "conv", "model.activation": "relu", "model.init": "torch",
-                    "model.decoder_variance": "per_feature"}
+                    "model.decoder_variance": "per_feature", "objective": "iwae", "estimator": "dreg"}
     if name in alternatives:
         return alternatives[name]
     if isinstance(value, bool):
