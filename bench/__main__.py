@@ -5,8 +5,13 @@
     python -m bench --quick --only loss  # a small subset, short timings
     python -m bench --only iwae          # the IWAE / DReG loss step and DReG's variance reduction
     python -m bench --device cuda --only loss --likelihood bernoulli --dtype fp32   # one slice of the grid
+    python -m bench --device cpu --threads 1 --data fashion-mnist --only train,threads,streaming,arch
 
-Full runs write ``bench/results/<device>.md`` and ``<device>-loss.csv`` / ``<device>-train.csv``;
+Benchmarks (``--only``, comma-separated): ``loss`` (the fused loss heads), ``train`` (the trainer
+vs a pytorch/examples loop), ``threads`` (the default run beside a busy process), ``streaming``
+(a memory-mapped dataset 4x the memory budget vs resident), ``arch`` (conv vs MLP test ELBO),
+``iwae`` (the IWAE / DReG loss step, DReG's variance reduction).
+Full runs write ``bench/results/<device>.md`` and ``<device>-<benchmark>.csv``;
 ``--quick`` and ``--tiny`` runs write under ``bench/results/scratch/`` unless ``--out`` is given.
 A run that measures only part of the grid replaces only those rows of an existing CSV
 (``--fresh`` starts the files over).
@@ -20,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+#: The benchmarks, in the order a full run takes them.
+BENCHMARKS = ("train", "threads", "streaming", "arch", "loss", "iwae")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
@@ -31,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     speed.add_argument("--quick", action="store_true", help="a small subset of cases with short timings")
     speed.add_argument("--tiny", action="store_true",
                        help="seconds: tiny shapes, compile with the 'eager' backend; checks the benchmark code runs")
-    p.add_argument("--only", choices=("loss", "train", "iwae"), help="run one benchmark only")
+    p.add_argument("--only", help="comma-separated benchmarks to run: loss, train, threads, streaming, arch, iwae "
+                                  "(default: all)")
     p.add_argument("--likelihood", action="append", choices=("bernoulli", "gaussian"),
                    help="loss head: only these likelihoods (repeatable)")
     p.add_argument("--dtype", action="append", choices=("fp32", "bf16"), help="loss head: only these dtypes (repeatable)")
@@ -40,8 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="paper,examples", help="training: comma-separated models (paper, examples)")
     p.add_argument("--data", default="synthetic", choices=("synthetic", "fashion-mnist"),
                    help="training data: synthetic binary images (default) or Fashion-MNIST thresholded at 0.5")
-    p.add_argument("--cpu-train-compile", action="store_true",
-                   help="on the CPU, also train with the trainer under torch.compile")
     p.add_argument("--train-runs", type=int, help="training: runs per contender, the fastest reported "
                    "(default: 2 for full CPU runs, else 1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs; default: torch's choice)")
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from . import iwae, loss_head, report, training
+    from . import architectures, contention, iwae, loss_head, report, streaming, training
 
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     info = common.device_info(kind)
@@ -82,44 +89,58 @@ def main(argv: list[str] | None = None) -> int:
           f"mode {mode} | threads {info.threads}")
     started = time.perf_counter()
     if args.render_only:
-        files = report.save(out_dir, info, None, None, command=_last_command(out_dir, info))
+        files = report.save(out_dir, info, {}, command=_last_command(out_dir, info))
         print(f"rendered {files['md']}")
         return 0
-    loss_rows = train_rows = None
-    if args.only in (None, "train"):
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = set(models) - set(training.MODELS)
-        if unknown:
-            print(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(training.MODELS)}", file=sys.stderr)
-            return 2
-        settings = training.Settings(mode, data=args.data, cpu_compile=args.cpu_train_compile,
-                                     runs=args.train_runs)
-        train_rows = training.run(info, settings, models)
-        report.save(out_dir, info, None, train_rows, fresh=args.fresh)
+    chosen = [b.strip() for b in (args.only or ",".join(BENCHMARKS)).split(",") if b.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        print(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if set(models) - set(training.MODELS):
+        print(f"--models: unknown {', '.join(sorted(set(models) - set(training.MODELS)))}; choose from "
+              f"{', '.join(training.MODELS)}", file=sys.stderr)
+        return 2
+    pinned = args.threads or 1  # the subprocess benchmarks always pin (default 1)
+    all_rows: dict[str, list[dict]] = {}
+    for name in BENCHMARKS:
+        if name not in chosen:
+            continue
+        if name == "iwae":  # writes its own files (bench/iwae.py)
+            rows, variance = iwae.run(info, iwae.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor"),
+                                      Path(out_dir), "python -m bench " + " ".join(sys.argv[1:]), fresh=args.fresh)
+            all_rows[name] = rows
+            print()
+            print(common.text_table(iwae.summarize(rows), iwae.TIMING_SUMMARY))
+            print(common.text_table(variance, iwae.VARIANCE_SUMMARY))
+            print()
+            continue
+        if name == "train":
+            settings = training.Settings(mode, data=args.data, runs=args.train_runs, threads=args.threads)
+            rows, summary = training.run(info, settings, models), training.SUMMARY_COLUMNS
+        elif name == "loss":
+            settings = loss_head.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor")
+            cases = loss_head.select_cases(kind, mode, args.likelihood, args.dtype, args.batch)
+            rows, _ = loss_head.run(info, settings, cases)
+            rows, summary = rows, None
+        elif name == "threads":
+            rows, summary = contention.run(info, contention.Settings(mode)), contention.SUMMARY_COLUMNS
+        elif name == "streaming":
+            rows = streaming.run(info, streaming.Settings(mode, data=args.data, threads=pinned))
+            summary = streaming.SUMMARY_COLUMNS
+        else:
+            rows, summary = architectures.run(info, architectures.Settings(mode, threads=args.threads)), \
+                architectures.SUMMARY_COLUMNS
+        all_rows[name] = rows
+        report.save(out_dir, info, {name: rows}, fresh=args.fresh)
         print()
-        print(common.text_table(train_rows, training.SUMMARY_COLUMNS))
+        print(common.text_table(loss_head.summarize(rows), loss_head.SUMMARY_COLUMNS) if name == "loss"
+              else common.text_table(rows, summary))
         print()
-    if args.only in (None, "loss"):
-        settings = loss_head.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor")
-        cases = loss_head.select_cases(kind, mode, args.likelihood, args.dtype, args.batch)
-        loss_rows, _ = loss_head.run(info, settings, cases)
-        report.save(out_dir, info, loss_rows, None, fresh=args.fresh and args.only == "loss")
-        print()
-        print(common.text_table(loss_head.summarize(loss_rows), loss_head.SUMMARY_COLUMNS))
-        print()
-    iwae_rows: list[dict] = []
-    if args.only in (None, "iwae"):
-        iwae_rows, variance = iwae.run(info, iwae.Settings(mode, compile_backend="eager" if mode == "tiny" else "inductor"),
-                                       Path(out_dir), "python -m bench " + " ".join(sys.argv[1:]),
-                                       fresh=args.fresh and args.only == "iwae")
-        print()
-        print(common.text_table(iwae.summarize(iwae_rows), iwae.TIMING_SUMMARY))
-        print(common.text_table(variance, iwae.VARIANCE_SUMMARY))
-        print()
-    files = (report.paths(Path(out_dir), info.slug) if loss_rows is not None or train_rows is not None else {}) | (
-        iwae.paths(Path(out_dir), info.slug) if iwae_rows else {})
+    files = report.paths(Path(out_dir), info.slug) | (iwae.paths(Path(out_dir), info.slug) if "iwae" in all_rows else {})
     print(f"wrote {', '.join(str(p) for p in files.values() if p.exists())} in {time.perf_counter() - started:.0f} s")
-    errors = [r for r in (train_rows or []) + (loss_rows or []) + iwae_rows if str(r.get("flag") or "").startswith("ERROR")]
+    errors = [r for rows in all_rows.values() for r in rows if str(r.get("flag") or "").startswith("ERROR")]
     if errors:
         print(f"{len(errors)} contender run(s) failed; see the ERROR flags above", file=sys.stderr)
         return 1

@@ -8,27 +8,37 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import common, loss_head, training
+from . import architectures, common, contention, loss_head, streaming, training
+
+
+#: Each benchmark's rows: its CSV's columns and the columns that identify a row (for merging).
+GROUPS = {
+    "loss": (loss_head.LONG_COLUMNS, loss_head.KEY_COLUMNS),
+    "train": (training.COLUMNS, training.KEY_COLUMNS),
+    "threads": (contention.COLUMNS, contention.KEY_COLUMNS),
+    "streaming": (streaming.COLUMNS, streaming.KEY_COLUMNS),
+    "arch": (architectures.COLUMNS, architectures.KEY_COLUMNS),
+}
 
 
 def paths(out_dir: Path, slug: str) -> dict[str, Path]:
-    return {"loss": out_dir / f"{slug}-loss.csv", "train": out_dir / f"{slug}-train.csv", "md": out_dir / f"{slug}.md"}
+    return {**{group: out_dir / f"{slug}-{group}.csv" for group in GROUPS}, "md": out_dir / f"{slug}.md"}
 
 
-def save(out_dir: Path, info: common.DeviceInfo, loss_rows: Sequence[dict] | None, train_rows: Sequence[dict] | None,
-         fresh: bool = False, command: str | None = None) -> dict[str, Path]:
-    """Merge the new rows into the device's CSV files (a partial run replaces only what it
-    measured, unless ``fresh``), then re-render the markdown from the CSVs."""
+def save(out_dir: Path, info: common.DeviceInfo, rows: dict[str, Sequence[dict] | None], fresh: bool = False,
+         command: str | None = None) -> dict[str, Path]:
+    """Merge the new rows of each benchmark into the device's CSV files (a partial run replaces only
+    what it measured, unless ``fresh``), then re-render the markdown from the CSVs."""
     p = paths(Path(out_dir), info.slug)
-    for key, rows, columns, key_cols in (("loss", loss_rows, loss_head.LONG_COLUMNS, loss_head.KEY_COLUMNS),
-                                         ("train", train_rows, training.COLUMNS, training.KEY_COLUMNS)):
-        if rows is None:
+    for group, new in rows.items():
+        if new is None:
             continue
-        old = [] if fresh else common.read_csv(p[key])
-        merged = common.merge_rows(old, rows, key_cols)
-        common.atomic_write_text(p[key], common.csv_text(merged, columns))
+        columns, key_cols = GROUPS[group]
+        old = [] if fresh else common.read_csv(p[group])
+        merged = common.merge_rows(old, new, key_cols)
+        common.atomic_write_text(p[group], common.csv_text(merged, columns))
     command = command or "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    md = render_markdown(info, common.read_csv(p["loss"]), common.read_csv(p["train"]), command)
+    md = render_markdown(info, {group: common.read_csv(p[group]) for group in GROUPS}, command)
     common.atomic_write_text(p["md"], md)
     return p
 
@@ -52,23 +62,32 @@ likelihood head reads the decoder output and `x` once per pass. Any `LOSES` row 
 below with bytes moved and kernel launches for each contender."""
 
 
-def render_markdown(info: common.DeviceInfo, loss_rows: Sequence[dict], train_rows: Sequence[dict], command: str) -> str:
+def render_markdown(info: common.DeviceInfo, rows: dict[str, Sequence[dict]], command: str) -> str:
     lines = [f"# fastvae benchmarks: {info.name}", ""]
-    dates = sorted({str(r.get("date")) for r in list(loss_rows) + list(train_rows) if r.get("date")})
-    versions = sorted({(str(r.get("torch")), str(r.get("triton"))) for r in list(loss_rows) + list(train_rows)})
+    every = [r for group in rows.values() for r in group]
+    dates = sorted({str(r.get("date")) for r in every if r.get("date")})
+    versions = sorted({(str(r.get("torch")), str(r.get("triton"))) for r in every})
     lines += [
         f"- device: **{info.name}** ({info.kind})",
         "- torch / triton: " + (", ".join(f"{t} / {tr}" for t, tr in versions) or f"{info.torch} / {info.triton}"),
         f"- date(s): {', '.join(dates) or info.date}",
         f"- last command: `{command}` (torch threads: {info.threads})",
-        "- raw rows (one per measurement, with quantiles): "
-        f"`{info.slug}-loss.csv`, `{info.slug}-train.csv`",
+        "- raw rows (one per measurement): " + ", ".join(f"`{info.slug}-{group}.csv`" for group in GROUPS if rows[group]),
         "",
     ]
-    if loss_rows:
-        lines += _loss_section(info, loss_rows)
-    if train_rows:
-        lines += _train_section(train_rows)
+    if rows["loss"]:
+        lines += _loss_section(info, rows["loss"])
+    if rows["train"]:
+        lines += _train_section(rows["train"])
+    if rows["threads"]:
+        lines += ["## CPU threads beside a busy process", "", contention.__doc__.split("\n\n", 1)[1].strip(), "",
+                  common.markdown_table(rows["threads"], contention.SUMMARY_COLUMNS), ""]
+    if rows["streaming"]:
+        lines += ["## Streaming from a memory map vs resident data", "", streaming.__doc__.split("\n\n", 1)[1].strip(),
+                  "", common.markdown_table(rows["streaming"], streaming.SUMMARY_COLUMNS), ""]
+    if rows["arch"]:
+        lines += ["## Architectures: conv vs MLP", "", architectures.__doc__.split("\n\n", 1)[1].strip(), "",
+                  common.markdown_table(rows["arch"], architectures.SUMMARY_COLUMNS), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -12,10 +12,17 @@ Contenders:
   ``TensorDataset`` (``num_workers=1, pin_memory=True`` on CUDA, as the example), the
   example's model code, its hand-written loss (sigmoid + ``F.binary_cross_entropy(...,
   reduction="sum")`` + KL) and its ``train_loss += loss.item()`` every step;
-- ``fastvae``: ``fastvae.trainer.train`` (device-resident batches, fused loss, ``.item()``
-  only when logging);
-- ``fastvae+graphs`` (CUDA): the trainer with ``compile="reduce-overhead"`` (torch.compile
-  with CUDA graphs); ``fastvae+compile`` (CPU, optional): ``compile="default"``.
+- ``fastvae``: ``fastvae.trainer.train`` (device-resident batches, the one step
+  ``fastvae.step.aevb_objective`` with the fused loss, a fused optimizer, ``.item()`` only when
+  logging);
+- ``fastvae+step``: the trainer with ``compile="step"``: the whole step (forward, backward,
+  optimizer update) under ``torch.compile``, on CUDA captured and replayed as one CUDA graph
+  (full runs; tiny CI runs skip it, its compilation takes longer than the run).
+
+Threads: with ``--threads N`` every contender runs N intra-op threads (the examples loop through
+``torch.set_num_threads``, the trainer through its ``threads`` setting); without it each runs
+its own default (torch's: one per core; fastvae's: :mod:`fastvae.threads`). The ``threads``
+column says what each used.
 
 Each contender runs ``runs`` times (2 for full CPU runs, in alternating order: the CPU may be
 shared; run r of every contender uses seed r) and its fastest run's samples/s is reported; ELBOs
@@ -192,10 +199,22 @@ class RunOutcome:
     test_elbo: float | None
     samples_seen: int
     steps: int
+    threads: int
 
 
 def run_examples_loop(spec: ModelSpec, data: Data, device: torch.device, samples: int, log_every: int,
-                      seed: int = 0) -> RunOutcome:
+                      seed: int = 0, threads: int | None = None) -> RunOutcome:
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _examples_loop(spec, data, device, samples, log_every, seed)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _examples_loop(spec: ModelSpec, data: Data, device: torch.device, samples: int, log_every: int,
+                   seed: int) -> RunOutcome:
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     model = ExamplesVAE(spec.hidden, spec.latent, spec.activation).to(device)
@@ -242,7 +261,7 @@ def run_examples_loop(spec: ModelSpec, data: Data, device: torch.device, samples
                 break
     end_to_end = time.perf_counter() - t_start
     elbo = test_elbo(model.encode, model.decode_logits, data.test, device)
-    return RunOutcome(traj, end_to_end, elbo, seen, steps)
+    return RunOutcome(traj, end_to_end, elbo, seen, steps, torch.get_num_threads())
 
 
 # --------------------------------------------------------------------------- fastvae's trainer
@@ -287,7 +306,7 @@ def run_fastvae_trainer(spec: ModelSpec, data: Data, device: torch.device, sampl
     traj = read_metrics(Path(result.out_dir) / "metrics.csv")
     model = load_run(result.out_dir, device=device.type).model
     elbo = test_elbo(model.encode, model.decode, data.test, device, shape=model.example_shape)
-    return RunOutcome(traj, end_to_end, elbo, int(result.samples_seen), int(result.steps))
+    return RunOutcome(traj, end_to_end, elbo, int(result.samples_seen), int(result.steps), result.threads)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -329,8 +348,8 @@ def time_to_reach(traj: Trajectory, target: float) -> float | None:
 class Settings:
     mode: str  # "full", "quick" or "tiny"
     data: str = "synthetic"
-    cpu_compile: bool = False  # also the trainer under torch.compile on the CPU
     runs: int | None = None  # runs per contender (best kept); None: 2 for full CPU runs, else 1
+    threads: int | None = None  # pinned intra-op threads for every contender; None: each its default
 
     def repeats(self, device_kind: str) -> int:
         if self.runs is not None:
@@ -351,10 +370,9 @@ def contender_list(device: torch.device, settings: Settings) -> list[tuple[str, 
     """(name, impl, compile mode)."""
     out = [("examples-loop", "DataLoader + hand-written loss (pytorch/examples)", ""),
            ("fastvae", "fastvae.trainer.train", "none")]
-    if device.type == "cuda":
-        out.append(("fastvae+graphs", "fastvae.trainer.train, compile='reduce-overhead' (CUDA graphs)", "reduce-overhead"))
-    elif settings.cpu_compile:
-        out.append(("fastvae+compile", "fastvae.trainer.train, compile='default'", "default"))
+    if settings.mode != "tiny":
+        whole = "one CUDA graph per step" if device.type == "cuda" else "forward+backward and the update compiled"
+        out.append(("fastvae+step", f"fastvae.trainer.train, compile='step' ({whole})", "step"))
     return out
 
 
@@ -390,11 +408,12 @@ def run(info: common.DeviceInfo, settings: Settings, models: Sequence[str] = ("p
                         continue
                     try:
                         if name == "examples-loop":
-                            outcome = run_examples_loop(spec, data, device, samples, log_every, seed=rep)
+                            outcome = run_examples_loop(spec, data, device, samples, log_every, seed=rep,
+                                                        threads=settings.threads)
                         else:
                             outcome = run_fastvae_trainer(spec, data, device, samples, log_every,
                                                           work / f"{model_name}-{name}-{rep}", compile_mode,
-                                                          seed=rep)
+                                                          seed=rep, threads=settings.threads)
                     except Exception as exc:  # noqa: BLE001 - one failing contender must not hide the others
                         traceback.print_exc()
                         first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
@@ -408,7 +427,7 @@ def run(info: common.DeviceInfo, settings: Settings, models: Sequence[str] = ("p
             outcomes: dict[str, RunOutcome] = {}
             model_rows = []
             for name, impl, _ in contenders:
-                row = {**info.tags(), "threads": info.threads, "model": spec.name, "arch": spec.label,
+                row = {**info.tags(), "model": spec.name, "arch": spec.label,
                        "data": settings.data, "contender": name, "impl": impl, "samples": samples}
                 model_rows.append(row)
                 if name in errors:
@@ -418,7 +437,7 @@ def run(info: common.DeviceInfo, settings: Settings, models: Sequence[str] = ("p
                 outcome = runs[name][max(range(len(rates)), key=rates.__getitem__)]  # the least disturbed run
                 train_elbos = [o.trajectory.elbo[-1] for o in runs[name]]
                 test_elbos = [o.test_elbo for o in runs[name] if o.test_elbo is not None]
-                row.update(steps=outcome.steps, runs=len(rates), samples_per_s=max(rates),
+                row.update(threads=outcome.threads, steps=outcome.steps, runs=len(rates), samples_per_s=max(rates),
                            samples_per_s_runs=";".join(f"{r:.0f}" for r in rates),
                            end_to_end_s=min(o.end_to_end_s for o in runs[name]),
                            train_elbo=sum(train_elbos) / len(train_elbos),

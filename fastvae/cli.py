@@ -200,7 +200,8 @@ def _run(args: argparse.Namespace) -> int:
         result = train(config_from_args(args))
         summary = {"out": str(result.out_dir), "steps": result.steps, "samples_seen": result.samples_seen,
                    "train_elbo": result.train_elbo, "test_elbo": result.test_elbo,
-                   "samples_per_s": result.samples_per_s, "wall_time_s": result.wall_time_s}
+                   "samples_per_s": result.samples_per_s, "wall_time_s": result.wall_time_s,
+                   "threads": result.threads}
         print(json.dumps(summary))
     elif args.command == "eval":
         from .runs import evaluate_run

@@ -24,6 +24,15 @@ def _bench_modules():
     return common, loss_head, report, training
 
 
+def _more_bench_modules():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import architectures, contention, streaming
+    finally:
+        sys.path.remove(str(ROOT))
+    return architectures, contention, streaming
+
+
 def _header(path: Path) -> list[str]:
     with open(path, newline="") as f:
         return next(csv.reader(f))
@@ -79,11 +88,25 @@ def test_tiny_run_writes_tables(tmp_path):
         assert not r["flag"].startswith("ERROR"), r["flag"]
         assert float(r["samples_per_s"]) > 0 and float(r["test_elbo"]) < 0
 
+    # threads beside a busy process, streaming vs resident, conv vs mlp: one row each, measured
+    architectures, contention, streaming = _more_bench_modules()
+    assert _header(paths["threads"]) == contention.COLUMNS
+    (threads,) = _rows(paths["threads"])
+    assert threads["config"] == "fastvae default" and float(threads["alone_s"]) > 0 and float(threads["slowdown"]) > 0
+    assert _header(paths["streaming"]) == streaming.COLUMNS
+    by_source = {r["source"]: r for r in _rows(paths["streaming"])}
+    assert set(by_source) == {"resident", "streaming"} and float(by_source["resident"]["vs_resident"]) == 1.0
+    assert float(by_source["streaming"]["budget_mb"]) * 4 == pytest.approx(float(by_source["streaming"]["data_mb"]))
+    assert _header(paths["arch"]) == architectures.COLUMNS
+    assert {r["arch"] for r in _rows(paths["arch"])} == {"mlp", "conv"}
+    assert all(float(r["test_elbo"]) < 0 for r in _rows(paths["arch"]))
+
     # the markdown and the printed tables
     md = paths["md"].read_text()
     assert "| " + " | ".join(loss_head.SUMMARY_COLUMNS) + " |" in md
     assert "| " + " | ".join(training.SUMMARY_COLUMNS) + " |" in md
-    for word in ("torch / triton", "x_vs_compile", "time_to_target_s"):
+    for word in ("torch / triton", "x_vs_compile", "time_to_target_s", "beside_busy_s", "vs_resident",
+                 "## Architectures: conv vs MLP"):
         assert word in md
     assert "x_vs_compile" in proc.stdout and "samples_per_s" in proc.stdout
 
