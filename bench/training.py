@@ -25,8 +25,11 @@ its own default (torch's: one per core; fastvae's: :mod:`fastvae.threads`). The 
 column says what each used.
 
 Each contender runs ``runs`` times (2 for full CPU runs, in alternating order: the CPU may be
-shared; run r of every contender uses seed r) and its fastest run's samples/s is reported; ELBOs
-are the mean over runs (one epoch of the paper's model varies by tens of nats from seed to seed). Reported: steady-state samples/s (from the first logging window to the last, so
+shared; run r of every contender uses seed r) and its fastest run's samples/s is reported
+(``speedup_vs_loop``: fastest over fastest); ``speedup_paired`` is the median over r of run r's
+samples/s over the loop's run r (neighbours in time, so drifting machine load cancels). ELBOs
+are the mean over runs (one epoch of the paper's model varies by tens of nats from seed to
+seed). Reported: steady-state samples/s (from the first logging window to the last, so
 start-up and compilation are left out), the end-to-end wall time, the last window's train
 ELBO, the test ELBO (the same single-sample estimator with a fixed seed for every contender,
 see ``test_elbo``) and the wall time at which the run's windowed train ELBO first reached
@@ -38,6 +41,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import statistics
 import tempfile
 import time
 import traceback
@@ -378,11 +382,12 @@ def contender_list(device: torch.device, settings: Settings) -> list[tuple[str, 
 
 COLUMNS = [
     "device", "torch", "triton", "date", "threads", "model", "arch", "data", "contender", "impl", "samples",
-    "steps", "runs", "samples_per_s", "samples_per_s_runs", "speedup_vs_loop", "end_to_end_s", "train_elbo", "train_elbo_runs",
+    "steps", "runs", "samples_per_s", "samples_per_s_runs", "speedup_vs_loop", "speedup_paired", "end_to_end_s",
+    "train_elbo", "train_elbo_runs",
     "test_elbo", "test_elbo_runs", "target_elbo",
     "time_to_target_s", "time_to_target_speedup", "flag",
 ]
-KEY_COLUMNS = ["device", "model", "contender"]
+KEY_COLUMNS = ["device", "data", "model", "contender"]
 
 
 def run(info: common.DeviceInfo, settings: Settings, models: Sequence[str] = ("paper", "examples"),
@@ -473,6 +478,10 @@ def add_training_ratios(rows: list[dict], runs: dict[str, list[RunOutcome]]) -> 
         r["time_to_target_s"] = tt
         if base and r.get("samples_per_s"):
             r["speedup_vs_loop"] = r["samples_per_s"] / base["samples_per_s"]
+            pairs = [steady_samples_per_s(o.trajectory) / steady_samples_per_s(b.trajectory)
+                     for o, b in zip(runs[r["contender"]], runs.get("examples-loop", []))
+                     if steady_samples_per_s(o.trajectory) and steady_samples_per_s(b.trajectory)]
+            r["speedup_paired"] = statistics.median(pairs) if pairs else None
         if base_tt and tt:
             r["time_to_target_speedup"] = base_tt / tt
         if r["contender"] != "examples-loop":
@@ -482,5 +491,6 @@ def add_training_ratios(rows: list[dict], runs: dict[str, list[RunOutcome]]) -> 
                 r.setdefault("flag", "")
 
 
-SUMMARY_COLUMNS = ["model", "contender", "samples", "samples_per_s", "speedup_vs_loop", "end_to_end_s",
+SUMMARY_COLUMNS = ["model", "data", "contender", "threads", "samples", "samples_per_s", "speedup_vs_loop",
+                   "speedup_paired", "end_to_end_s",
                    "train_elbo", "test_elbo", "time_to_target_s", "time_to_target_speedup", "flag"]

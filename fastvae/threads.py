@@ -66,10 +66,20 @@ def choose_threads(requested: int | None, step_flops: float, cores: int | None =
 
 
 def step_flops(model: nn.Module, example: torch.Tensor, batch_size: int) -> float:
-    """Floating-point operations of one training step: the forward pass of one example
-    (``torch.utils.flop_counter``, matmuls and convolutions) x 3 (forward + backward) x the batch."""
+    """Floating-point operations of one training step: the forward pass of two examples
+    (``torch.utils.flop_counter``: matmuls and convolutions) / 2 x 3 (forward + backward) x the batch.
+    A model that cannot run that way (say, it needs a whole batch) is estimated from its parameter
+    count: 6 flops per parameter and example."""
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        mu, _ = model.encode(example[:1])
-        model.decode(mu)
-    return 3.0 * counter.get_total_flops() * batch_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            mu, _ = model.encode(example[:1].expand(2, *example.shape[1:]))
+            model.decode(mu)
+        per_example = counter.get_total_flops() / 2
+    except Exception:  # noqa: BLE001 - only an estimate: the model's own errors surface in training
+        per_example = 2.0 * sum(p.numel() for p in model.parameters())
+    finally:
+        model.train(was_training)
+    return 3.0 * per_example * batch_size

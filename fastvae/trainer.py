@@ -132,10 +132,11 @@ class Trainer:
             model = build_model(cfg.model, self.example_shape, cfg.likelihood)
         self.model, self.model_class = model.to(self.device), class_path(model)
         example = dataset.tensor("train", self.device, limit=1, shaped=True)
-        self.threads = choose_threads(cfg.threads if self.device.type == "cpu" else None,
-                                      step_flops(self.model, example, cfg.batch_size))
-        if self.device.type == "cpu":
+        if self.device.type == "cpu":  # threads for the work and the machine (fastvae.threads)
+            self.threads = choose_threads(cfg.threads, step_flops(self.model, example, cfg.batch_size))
             torch.set_num_threads(self.threads)
+        else:
+            self.threads = torch.get_num_threads()
 
         # optimizer, batches, the step (data-parallel and compiled as asked), noise and KL weight
         weight_decay = cfg.weight_decay if cfg.weight_decay is not None else 1.0 / self.n_train  # the N(0, I) prior
@@ -152,7 +153,7 @@ class Trainer:
                 objective_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.train_step = TrainStep(objective_module, self.optimizer, cfg.compile, cfg.amp)
         self.first_row = group.rank * cfg.batch_size  # this rank's rows of the global batch
-        self.seed = torch.zeros(1, dtype=torch.int64, device=self.device)  # refilled every step
+        self.noise_seed = torch.zeros(1, dtype=torch.int64, device=self.device)  # refilled every step
         self.beta = torch.full((), cfg.beta, dtype=torch.float32, device=self.device)  # on the device: capturable
 
         # where the run starts: step 0, or the checkpoint's state
@@ -218,8 +219,8 @@ class Trainer:
                 while self.step < end:
                     if cfg.kl_warmup and self.step < cfg.kl_warmup:
                         self.beta.fill_(cfg.beta * (self.step + 1) / cfg.kl_warmup)
-                    self.seed.fill_(noise_seed(cfg.seed, self.step))
-                    out = self.train_step(next(batches), Noise(self.seed, self.first_row), self.beta)
+                    self.noise_seed.fill_(noise_seed(cfg.seed, self.step))
+                    out = self.train_step(next(batches), Noise(self.noise_seed, self.first_row), self.beta)
                     self.step += 1
                     self.window_steps += 1
                     negative_elbo = out.negative_elbo()
