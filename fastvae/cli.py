@@ -4,7 +4,7 @@
     fastvae train --data fashion-mnist --latent 2 --device cuda --out runs/fm2
     fastvae train --data fashion-mnist --arch conv --out runs/fm-conv
     fastvae train --model my_package.models:MyVAE --model-args '{"width": 64}' --out runs/mine
-    fastvae eval runs/fm2 --samples 1000       # one JSON object: test_elbo, log_px, ...
+    fastvae eval runs/fm2                      # one JSON object: test_elbo, log_px (K = 5,000) and its errors, ...
     fastvae plot runs/fm2                      # PNGs: ELBO curves, reconstructions, samples, manifold
     torchrun --nproc-per-node 4 -m fastvae train --device cuda ...
 
@@ -144,9 +144,11 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="test ELBO and importance-sampled log p(x) of a trained run")
+    p = sub.add_parser("eval", help="test ELBO, importance-sampled log p(x) with standard errors, KL per latent "
+                       "dimension and active units of a trained run")
     p.add_argument("run_dir", type=Path, help="a train --out directory")
-    p.add_argument("--samples", type=_positive_int, default=1000, help="importance samples K per example (default: %(default)s)")
+    p.add_argument("--samples", type=_positive_int, default=5000,
+                   help="importance samples K per example: Burda et al.'s protocol (default: %(default)s)")
     p.add_argument("--examples", type=_positive_int, default=1000,
                    help="test examples for log p(x) (the test ELBO uses the whole test set) (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")

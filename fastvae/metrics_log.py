@@ -1,8 +1,10 @@
 """``OUT/metrics.csv``: one row per logging step, appended as training goes.
 
 Columns: step, samples_seen, train_elbo, test_elbo (empty where not evaluated),
-samples_per_s, wall_time_s. A resumed run first drops the rows past its checkpoint's step,
-so the file never holds two rows for one step.
+samples_per_s, wall_time_s, and at evaluation steps the posterior diagnostics: active_units
+(Burda et al.: Var_x E_q[z_j] > 0.01) and kl_per_dim (the mean KL of each latent dimension,
+space-separated). A resumed run first drops the rows past its checkpoint's step, so the file
+never holds two rows for one step. Files written before the diagnostics columns read as before.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 
 from .checkpoint import atomic_write
 
-COLUMNS = ("step", "samples_seen", "train_elbo", "test_elbo", "samples_per_s", "wall_time_s")
+COLUMNS = ("step", "samples_seen", "train_elbo", "test_elbo", "samples_per_s", "wall_time_s", "active_units",
+           "kl_per_dim")
+#: The columns of metrics files written before the diagnostics (their rows read with those empty).
+LEGACY_COLUMNS = COLUMNS[:6]
 
 
 class MetricsLog:
@@ -27,7 +32,7 @@ class MetricsLog:
             return
         kept = [row for row in read_metrics(self.path) if int(row["step"]) <= resume_step]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", restval="")
         writer.writeheader()
         writer.writerows(kept)
         atomic_write(self.path, lambda f: f.write(buffer.getvalue()), mode="w")
@@ -38,7 +43,9 @@ class MetricsLog:
             f.write(",".join(values) + "\n")
 
 
-def _format(value: float | int) -> str:
+def _format(value: float | int | list[float]) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v:.4g}" for v in value)
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
@@ -46,6 +53,6 @@ def read_metrics(path: str | Path) -> list[dict[str, str]]:
     """The rows of a metrics.csv as dicts of strings."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or list(reader.fieldnames) != list(COLUMNS):
+        if reader.fieldnames is None or list(reader.fieldnames) not in (list(COLUMNS), list(LEGACY_COLUMNS)):
             raise ValueError(f"{path} is not a fastvae metrics file (columns {reader.fieldnames})")
-        return list(reader)
+        return [{c: row.get(c) or "" for c in COLUMNS} for row in reader]

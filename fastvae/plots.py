@@ -1,6 +1,7 @@
-"""Figures of a trained run: ELBO curves, reconstructions, samples, and the 2-D latent manifold.
+"""Figures of a trained run: ELBO curves, reconstructions, samples, the KL per latent dimension,
+and the 2-D latent manifold.
 
->>> plot_run("runs/digits")     # writes runs/digits/{elbo,reconstructions,samples[,manifold]}.png
+>>> plot_run("runs/digits")     # writes runs/digits/{elbo,reconstructions,samples,kl_per_dim[,manifold]}.png
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
+from .evaluation import ACTIVE_UNIT_THRESHOLD, posterior_diagnostics  # noqa: E402
 from .metrics_log import read_metrics  # noqa: E402
 from .models.interface import latent_dim_of, manifold, reconstruct, sample_prior  # noqa: E402
 from .runs import load_run  # noqa: E402
@@ -70,6 +72,22 @@ def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def plot_kl_per_dim(diagnostics: dict, out: Path) -> Path:
+    """Bars of the mean KL of each latent dimension (largest first), the active units
+    (Var_x E_q[z_j] > threshold) in colour: where the posterior collapsed to the prior."""
+    kl = np.asarray(diagnostics["kl_per_dim"])
+    active = np.asarray(diagnostics["posterior_mean_variance"]) > ACTIVE_UNIT_THRESHOLD
+    order = np.argsort(-kl)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(kl) + 1.5), 3.5))
+    ax.bar(np.arange(len(kl)), kl[order], color=np.where(active[order], "tab:blue", "tab:gray"))
+    ax.set_xticks(np.arange(len(kl)), [str(j) for j in order], fontsize=6 if len(kl) > 30 else 8)
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("KL(q(z_j|x) || N(0, 1)), nats")
+    ax.set_title(f"KL per latent dimension: {int(active.sum())} of {len(kl)} active (blue)")
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, out)
+
+
 def _show_grid(grid: np.ndarray, title: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -94,6 +112,8 @@ def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10, model: torc
     pairs = np.stack([rows.cpu().numpy(), recon], axis=1).reshape(-1, rows.shape[1])  # data, reconstruction, ...
     written.append(_show_grid(image_grid(pairs, shape, n + n % 2),
                               "data | reconstruction (decoded mean at z = mu)", run_dir / "reconstructions.png"))
+
+    written.append(plot_kl_per_dim(posterior_diagnostics(run.model, run.test_tensor()), run_dir / "kl_per_dim.png"))
 
     latent_dim = latent_dim_of(run.model, x)
     generator = torch.Generator(device=run.device).manual_seed(run.config.seed)

@@ -6,8 +6,8 @@ yourself and handed to ``train(cfg, model=...)`` is rebuilt with no arguments, o
 instance: ``load_run(run_dir, model=MyVAE(...))``. Checkpoints of fastvae 0.1 load too.
 
 >>> run = load_run("runs/digits")
->>> evaluate_run("runs/digits", n_samples=1000)
-{'test_elbo': ..., 'log_px': ..., ...}
+>>> evaluate_run("runs/digits", n_samples=5000)
+{'test_elbo': ..., 'log_px': ..., 'log_px_se': ..., 'active_units': ..., 'kl_per_dim': [...], ...}
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .data import Dataset, load_dataset
 from .distributed import setup_process_group
-from .evaluation import dataset_elbo, dataset_log_px
+from .evaluation import ACTIVE_UNIT_THRESHOLD, dataset_elbo, dataset_log_px_stats, posterior_diagnostics
 from .models import build_model, class_path
 from .models.interface import construct
 from .train_config import TrainConfig
@@ -92,17 +92,23 @@ def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None 
     return Run(config, model, dataset, int(state["step"]), torch_device)
 
 
-def evaluate_run(run_dir: str | Path, n_samples: int = 1000, n_examples: int = 1000, device: str = "auto",
+def evaluate_run(run_dir: str | Path, n_samples: int = 5000, n_examples: int = 1000, device: str = "auto",
                  model: nn.Module | None = None) -> dict[str, Any]:
-    """Test ELBO over the whole test set, importance-sampled log p(x) over its first ``n_examples``."""
+    """Test ELBO and the posterior diagnostics over the whole test set; log p(x) by Burda et al.'s
+    protocol (``n_samples`` importance samples each) over its first ``n_examples``, with its
+    standard errors (:func:`fastvae.evaluation.dataset_log_px_stats`)."""
     run = load_run(run_dir, device, model)
     x = run.test_tensor()
+    diagnostics = posterior_diagnostics(run.model, x)
     return {
         "run": str(run_dir),
         "step": run.step,
         "test_elbo": dataset_elbo(run.model, x, likelihood=run.likelihood),
-        "log_px": dataset_log_px(run.model, x[:n_examples], n_samples=n_samples, likelihood=run.likelihood),
+        **dataset_log_px_stats(run.model, x[:n_examples], n_samples=n_samples, likelihood=run.likelihood),
         "importance_samples": n_samples,
         "test_examples_elbo": int(x.shape[0]),
         "test_examples_log_px": int(min(n_examples, x.shape[0])),
+        "active_units": diagnostics["active_units"],
+        "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+        "kl_per_dim": diagnostics["kl_per_dim"],
     }

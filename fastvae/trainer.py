@@ -35,7 +35,7 @@ from .checkpoint import CHECKPOINT_NAME, atomic_write, save_checkpoint
 from .data import Dataset, load_dataset
 from .data.seeding import derive_seed
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
-from .evaluation import dataset_elbo
+from .evaluation import dataset_elbo, posterior_diagnostics
 from .metrics_log import MetricsLog
 from .models import MODEL_CLASSES, build_model, check_vae_model, class_path
 from .models.interface import construct
@@ -268,12 +268,15 @@ class Trainer:
         self.rate = self.window_steps * self.global_batch / max(now - self.window_start, 1e-9)
         self.train_elbo = -loss_sum / self.window_steps
         self.test_elbo = None
+        diagnostics = {}
         if evaluate and self.test_data is not None and self.group.is_main:
             self.test_elbo = self.evaluate()  # host sync (reads the test ELBO)
+            diagnostics = posterior_diagnostics(self.model, self.test_data)  # host sync; one encoder pass
         if self.group.is_main:
             self.metrics.append(step=self.step, samples_seen=self.step * self.global_batch,
                                 train_elbo=self.train_elbo, test_elbo=self.test_elbo, samples_per_s=self.rate,
-                                wall_time_s=self.wall_before + now - self.t0)
+                                wall_time_s=self.wall_before + now - self.t0,
+                                active_units=diagnostics.get("active_units"), kl_per_dim=diagnostics.get("kl_per_dim"))
         self.progress.show(self.step, self.rate, self.train_elbo, self.test_elbo)
         self.loss_sum.zero_()
         self.window_start, self.window_steps = time.perf_counter(), 0

@@ -29,11 +29,13 @@ def test_train_eval_plot(tmp_path, capsys, monkeypatch):
     assert result["test_examples_log_px"] == 40 and result["test_examples_elbo"] == 297
     # log p(x) >= ELBO in expectation; with 50 importance samples the bound is far tighter than any noise
     assert result["log_px"] > result["test_elbo"] - 0.5 and result["log_px"] < 0
+    assert 0 < result["log_px_mc_se"] < result["log_px_se"] and 1 <= result["log_px_min_ess"] <= 50
+    assert len(result["kl_per_dim"]) == 2 and 0 <= result["active_units"] <= 2
 
     assert main(["plot", str(out)]) == 0
     written = capsys.readouterr().out.split()
     names = {p.rsplit("/", 1)[-1] for p in written}
-    assert names == {"elbo.png", "reconstructions.png", "samples.png", "manifold.png"}
+    assert names == {"elbo.png", "reconstructions.png", "samples.png", "kl_per_dim.png", "manifold.png"}
     for path in written:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -149,7 +151,7 @@ def test_train_a_model_class_from_its_path_then_eval_and_plot(tmp_path, capsys, 
     assert json.loads(capsys.readouterr().out)["log_px"] < 0
     assert main(["plot", str(out)]) == 0
     names = {p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()}
-    assert names == {"elbo.png", "reconstructions.png", "samples.png", "manifold.png"}
+    assert names == {"elbo.png", "reconstructions.png", "samples.png", "kl_per_dim.png", "manifold.png"}
 
 
 def test_model_class_path_through_the_console_entry_point(tmp_path):

@@ -106,3 +106,68 @@ def test_the_test_elbo_does_not_depend_on_the_batch_size():
     assert torch.equal(per_example, in_pieces)
     assert dataset_elbo(model, x, batch_size=9) == pytest.approx(dataset_elbo(model, x, batch_size=70), rel=1e-12)
     assert dataset_elbo(model, x, seed=1) != dataset_elbo(model, x, seed=2)
+
+
+# ---- log p(x)'s errors and the posterior diagnostics ----
+
+
+def test_delta_method_variance_matches_repeated_estimates():
+    """Var(log p^) from one run's weights, (K sum w~^2 - 1) / (K - 1), against the spread of R = 400
+    independent estimates: the sample variance's relative standard error is sqrt(2 / (R - 1)) = 7%
+    (normal approximation), the delta method's bias O(1/K) is < 1% at K = 200; allow 5 standard errors."""
+    from fastvae.evaluation import importance_sampled_log_px_and_variance
+
+    model = LinearGaussianVAE(posterior_shift=0.3, posterior_logvar_shift=0.4)
+    x = model.sample_x(4)
+    torch.manual_seed(0)
+    runs = [importance_sampled_log_px_and_variance(model, x, 200) for _ in range(400)]
+    estimates, variances = torch.stack([r[0] for r in runs]), torch.stack([r[1] for r in runs])
+    ratio = variances.mean(0) / estimates.var(0)
+    assert ((ratio - 1).abs() < 5 * math.sqrt(2 / 399)).all(), ratio
+    # the exact posterior: every weight equal, no importance-sampling variance
+    _, exact_variance = importance_sampled_log_px_and_variance(LinearGaussianVAE(), x, 50)
+    assert exact_variance.abs().max() < 1e-9
+
+
+def test_dataset_log_px_stats():
+    from fastvae.evaluation import dataset_log_px_stats
+
+    model = LinearGaussianVAE(posterior_shift=0.2)
+    x = model.sample_x(40)
+    stats = dataset_log_px_stats(model, x, n_samples=300, batch_size=16)
+    # the same seeded draws as dataset_log_px, batch by batch
+    assert stats["log_px"] == pytest.approx(dataset_log_px(model, x, n_samples=300, batch_size=16), rel=1e-12)
+    exact = model.exact_log_px(x)
+    assert stats["log_px_se"] == pytest.approx(exact.std().item() / math.sqrt(40), rel=0.05)
+    assert abs(stats["log_px"] - exact.mean().item()) < 5 * stats["log_px_mc_se"] + 1e-9
+    assert 0 < stats["log_px_mc_se"] < stats["log_px_se"] and 1 <= stats["log_px_min_ess"] <= 300
+
+
+class CollapsingEncoder(nn.Module):
+    """Latent dim 0 follows x (mu = x_0, var 0.04); dims 1, 2 are the prior (mu = 0, lv = 0) except
+    that dim 1's mean moves a little, with Var_x mu_1 = 0.005^2 * Var x_1 < 0.01: still inactive."""
+
+    likelihood = "gaussian"
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def encode(self, x):
+        mu = torch.stack([x[:, 0], 0.005 * x[:, 1], torch.zeros_like(x[:, 0])], dim=-1)
+        logvar = torch.stack([torch.full_like(x[:, 0], math.log(0.04)), torch.zeros_like(x[:, 0]),
+                              torch.zeros_like(x[:, 0])], dim=-1)
+        return mu, logvar
+
+
+def test_posterior_diagnostics_kl_per_dim_and_active_units():
+    from fastvae.evaluation import posterior_diagnostics
+
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    diagnostics = posterior_diagnostics(CollapsingEncoder(), x, batch_size=64)
+    kl = diagnostics["kl_per_dim"]
+    expected0 = (0.5 * (x[:, 0] ** 2 + 0.04 - 1 - math.log(0.04))).mean().item()
+    assert kl[0] == pytest.approx(expected0, rel=1e-12)
+    assert kl[1] == pytest.approx((0.5 * (0.005 * x[:, 1]) ** 2).mean().item(), rel=1e-12) and kl[2] == 0.0
+    assert diagnostics["active_units"] == 1
+    assert diagnostics["posterior_mean_variance"][0] == pytest.approx(x[:, 0].var().item(), rel=1e-12)

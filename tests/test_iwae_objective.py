@@ -140,7 +140,12 @@ def test_trainer_options_train_record_and_resume(tmp_path):
         cfg = TrainConfig(**small, objective=objective, estimator=estimator, samples_per_example=k, out=str(out))
         result = train(cfg)
         assert result.test_elbo is not None and result.test_elbo < 0
-        assert all(float(r["train_elbo"]) < 0 for r in read_metrics(out / "metrics.csv"))
+        rows = read_metrics(out / "metrics.csv")
+        assert all(float(r["train_elbo"]) < 0 for r in rows)
+        # the posterior diagnostics at the evaluation steps (30 here), empty elsewhere
+        evaluated = [r for r in rows if r["test_elbo"]]
+        assert evaluated and all(r["active_units"] and len(r["kl_per_dim"].split()) == 2 for r in evaluated)
+        assert all(not r["kl_per_dim"] for r in rows if not r["test_elbo"])
         saved = load_checkpoint(out)["config"]
         assert (saved["objective"], saved["estimator"], saved["samples_per_example"]) == (objective, estimator, k)
     # an interrupted DReG run resumes to the same weights
@@ -163,3 +168,18 @@ def test_trainer_refuses_a_kl_weight_with_the_iwae_bound():
         TrainConfig(objective="iwae", kl_warmup=100)
     with pytest.raises(ValueError, match=r"estimator"):
         TrainConfig(estimator="rws")
+
+
+def test_metrics_files_without_the_diagnostics_columns_still_read(tmp_path):
+    from fastvae.metrics_log import COLUMNS, MetricsLog, read_metrics
+
+    legacy = tmp_path / "metrics.csv"
+    legacy.write_text("step,samples_seen,train_elbo,test_elbo,samples_per_s,wall_time_s\n10,500,-40,,100,1\n20,1000,-35,-36,100,2\n")
+    rows = read_metrics(legacy)
+    assert [r["step"] for r in rows] == ["10", "20"] and rows[1]["kl_per_dim"] == "" and list(rows[0]) == list(COLUMNS)
+    log = MetricsLog(legacy)
+    log.start(resume_step=10)  # a resumed run rewrites it with the new header
+    log.append(step=20, samples_seen=1000, train_elbo=-35.0, test_elbo=-36.0, samples_per_s=100.0, wall_time_s=2.0,
+               active_units=1, kl_per_dim=[0.5, 0.001])
+    rows = read_metrics(legacy)
+    assert [r["step"] for r in rows] == ["10", "20"] and rows[1]["kl_per_dim"] == "0.5 0.001"
