@@ -16,6 +16,7 @@ import torch
 from . import reference
 from .backend import use_triton
 from .data.seeding import derive_seed
+from .func_transforms import FuncFunction, fold_rows, transforms_active, unfold_rows
 from .input_checks import require_float_tensor, require_rows, require_same_device, require_same_shape
 
 SEED_HIGH = 2**62
@@ -100,12 +101,13 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_z, grad_kl):
     mu, logvar, eps, seed = ctx.saved_tensors
     if ctx.dreg is not None:
+        reference.require_first_order_dreg()
         # DReG: every draw's gradient reweighted by its normalised weight, the kl's score term
         # dropped (reference.dreg_grad_z_ref); the kernel then backpropagates that through z only
         grad_z, grad_kl = _dreg_grad_z(ctx, mu, logvar, eps, seed, grad_z, grad_kl), None
-    grad_mu, grad_logvar = _latent_head_backward(
-        mu, logvar, eps, seed, ctx.first, ctx.samples, ctx.sampled_kl, grad_z, grad_kl
-    )
+    # create_graph=True (or torch.func): the backward op as a differentiable function
+    backward = _LatentHeadGrad.apply if torch.is_grad_enabled() else _latent_head_backward
+    grad_mu, grad_logvar = backward(mu, logvar, eps, seed, ctx.first, ctx.samples, ctx.sampled_kl, grad_z, grad_kl)
     grad_eps = None
     if eps is not None and ctx.needs_input_grad[2]:
         grad_eps = _explicit_noise_grad(mu, logvar, eps, grad_z, grad_kl if ctx.sampled_kl else None)
@@ -142,8 +144,7 @@ def _dreg_grad_z(ctx, mu, logvar, eps, seed, grad_z, grad_kl) -> torch.Tensor:
     weights = ctx.dreg.weights_for(grad_kl)
     weights = None if weights is None else weights.to(acc)
     if eps is None:
-        zeros = torch.zeros(mu.shape, dtype=torch.float32, device=mu.device)
-        eps = _latent_head(zeros, zeros, None, seed, ctx.first, ctx.samples)[0]
+        eps = _kernel_noise(seed, ctx.first, ctx.samples, mu)
     m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
     std = torch.exp(0.5 * lv)
     path = m + std * e - e / std  # d(log q - log p)/dz at fixed q: z - eps / std
@@ -152,6 +153,104 @@ def _dreg_grad_z(ctx, mu, logvar, eps, seed, grad_z, grad_kl) -> torch.Tensor:
 
 
 _latent_head.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _kernel_noise(seed: torch.Tensor, first: int, samples: int, like: torch.Tensor) -> torch.Tensor:
+    """The kernels' own noise for (seed, first), (samples, N, Z) for ``like`` (N, Z), float32:
+    the forward op on mu = logvar = 0 writes z = 0 + exp(0) * eps = eps exactly."""
+    zeros = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    return _latent_head(zeros, zeros, None, seed, first, samples, False)[0]
+
+
+def _noise_for_instances(info, seed: torch.Tensor, seed_dim: int | None, first: int, samples: int, like: torch.Tensor) -> torch.Tensor:
+    """Under vmap, the noise each instance's own call would draw: the same for all (one seed),
+    or per instance (a vmapped seed, e.g. ``seed=None`` under ``randomness="different"``); (V, S, N, Z)."""
+    if seed_dim is None:
+        return _kernel_noise(seed, first, samples, like).expand(info.batch_size, samples, *like.shape)
+    return torch.stack([_kernel_noise(s, first, samples, like) for s in seed.movedim(seed_dim, 0)])
+
+
+@_latent_head.register_vmap
+def _latent_head_vmap(info, in_dims, mu, logvar, eps, seed, first, samples=1, sampled_kl=False, gradient="full"):
+    # fold the instances into rows, with explicit noise: folded rows would draw other rows' noise
+    v = info.batch_size
+    mu_dim, lv_dim, eps_dim, seed_dim = in_dims[:4]
+    if eps is None:
+        like = mu.select(mu_dim, 0) if mu_dim is not None else mu
+        eps, eps_dim = _noise_for_instances(info, seed, seed_dim, first, samples, like), 0
+    z, kl = _latent_head(fold_rows(mu, mu_dim, v), fold_rows(logvar, lv_dim, v), fold_rows(eps, eps_dim, v, row_dim=1),
+                         seed.new_empty(0), 0, samples, sampled_kl, gradient)
+    kl_row_dim = 1 if sampled_kl else 0
+    return (unfold_rows(z, v, row_dim=1), unfold_rows(kl, v, row_dim=kl_row_dim)), (1, kl_row_dim)
+
+
+@_latent_head_backward.register_vmap
+def _latent_head_backward_vmap(info, in_dims, mu, logvar, eps, seed, first, samples, sampled_kl, grad_z, grad_kl):
+    v = info.batch_size
+    mu_dim, lv_dim, eps_dim, seed_dim, _, _, _, gz_dim, gkl_dim = in_dims
+    if eps is None:
+        like = mu.select(mu_dim, 0) if mu_dim is not None else mu
+        eps, eps_dim = _noise_for_instances(info, seed, seed_dim, first, samples, like), 0
+    grad_mu, grad_logvar = _latent_head_backward(
+        fold_rows(mu, mu_dim, v), fold_rows(logvar, lv_dim, v), fold_rows(eps, eps_dim, v, row_dim=1),
+        seed.new_empty(0), 0, samples, sampled_kl,
+        None if grad_z is None else fold_rows(grad_z, gz_dim, v, row_dim=1),
+        None if grad_kl is None else fold_rows(grad_kl, gkl_dim, v, row_dim=1 if sampled_kl else 0),
+    )
+    return (unfold_rows(grad_mu, v), unfold_rows(grad_logvar, v)), (0, 0)
+
+
+class _LatentHead(FuncFunction):
+    """The latent-head op under autograd and ``torch.func`` (grad, vmap, jacrev): the custom op's
+    own autograd registration cannot serve torch.func (it defines no ``setup_context`` there;
+    pytorch#170834), so the public function applies the op through this Function."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(mu, logvar, eps, seed, first, samples, sampled_kl, gradient):
+        return _latent_head(mu, logvar, eps, seed, first, samples, sampled_kl, gradient)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+class _LatentHeadGrad(FuncFunction):
+    """The backward op, differentiable: the kernel computes the gradients; their own derivatives
+    (double backward) are those of the same map in torch ops, the vector-Jacobian product of
+    ``reference.latent_head_ref``, differentiated by ``torch.func.vjp`` (so third and higher
+    orders follow)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(mu, logvar, eps, seed, first, samples, sampled_kl, grad_z, grad_kl):
+        return _latent_head_backward(mu, logvar, eps, seed, first, samples, sampled_kl, grad_z, grad_kl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mu, logvar, eps, seed, first, samples, sampled_kl, grad_z, grad_kl = inputs
+        ctx.first, ctx.samples, ctx.sampled_kl = first, samples, sampled_kl
+        ctx.save_for_backward(mu, logvar, eps, seed, grad_z, grad_kl)
+
+    @staticmethod
+    def backward(ctx, grad_grad_mu, grad_grad_logvar):
+        mu, logvar, eps, seed, grad_z, grad_kl = ctx.saved_tensors
+        noise = eps if eps is not None else _kernel_noise(seed, ctx.first, ctx.samples, mu)
+        sampled_kl = ctx.sampled_kl
+        # an absent upstream gradient is a zero one
+        gz = grad_z if grad_z is not None else torch.zeros(noise.shape, dtype=mu.dtype, device=mu.device)
+        gkl = grad_kl if grad_kl is not None else torch.zeros(
+            noise.shape[:2] if sampled_kl else noise.shape[1:2], dtype=reference.accumulation_dtype(mu, logvar), device=mu.device)
+
+        def first_order(m, lv, e, g_z, g_kl):  # what the backward op computes: the forward's VJP, in torch ops
+            _, vjp = torch.func.vjp(lambda m_, lv_: reference.latent_head_ref(m_, lv_, e, sampled_kl), m, lv)
+            return vjp((g_z, g_kl))
+
+        _, vjp = torch.func.vjp(first_order, mu, logvar, noise, gz, gkl)
+        d_mu, d_logvar, d_eps, d_grad_z, d_grad_kl = vjp((grad_grad_mu, grad_grad_logvar))
+        d_grad_z, d_grad_kl = (d if g is not None else None for d, g in ((d_grad_z, grad_z), (d_grad_kl, grad_kl)))
+        return d_mu, d_logvar, d_eps if eps is not None else None, None, None, None, None, d_grad_z, d_grad_kl
 
 
 def draw_seed(device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -286,8 +385,8 @@ def _reparameterize(
     else:
         seed_tensor = mu.new_empty(0, dtype=torch.int64)  # never read: the kernel reads eps
         eps = eps.reshape(draws, -1, n_latent)
-    z, kl_out = _latent_head(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor, first_row,
-                             draws, kl == "sampled", gradient)
+    z, kl_out = _LatentHead.apply(mu.reshape(-1, n_latent), logvar.reshape(-1, n_latent), eps, seed_tensor, first_row,
+                                  draws, kl == "sampled", gradient)
     if kl == "sampled":
         kl_out = kl_out.reshape(draws_shape[:-1])  # a view: IWAELoss(estimator="dreg") looks through it
     elif samples is not None:
@@ -323,7 +422,7 @@ def _torch_noise(
     rows = mu.numel() // n_latent if n_latent else 0
     if mu.device.type == "cpu":
         # the stream's rows first_row * S ... in (r, s) order, then the draws moved to the front
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or transforms_active():  # the op reads the seed when it runs
             eps = _cpu_seeded_normal_op(seed_tensor, first_row * draws, rows * draws, n_latent)
         else:
             eps = cpu_seeded_normal(int(seed_tensor.reshape(())), first_row * draws, rows * draws, n_latent)
@@ -371,3 +470,10 @@ def _cpu_seeded_normal_op(seed: torch.Tensor, first_row: int, rows: int, cols: i
 @_cpu_seeded_normal_op.register_fake
 def _(seed, first_row, rows, cols):
     return seed.new_empty((rows, cols), dtype=torch.float32)
+
+
+@_cpu_seeded_normal_op.register_vmap
+def _cpu_seeded_normal_vmap(info, in_dims, seed, first_row, rows, cols):
+    # a vmapped seed (seed=None under randomness="different"): each instance's own stream
+    seeds = seed.movedim(in_dims[0], 0)
+    return torch.stack([_cpu_seeded_normal_op(s, first_row, rows, cols) for s in seeds]), 0

@@ -17,6 +17,7 @@ import torch
 
 from . import reference
 from .backend import use_triton
+from .func_transforms import FuncFunction, batch_first, fold_rows, unfold_rows
 from .input_checks import broadcast_rows, require_float_tensor, require_rows, require_same_device
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
@@ -79,7 +80,10 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_ll):
     out, logvar, x = ctx.saved_tensors
     needs = [ctx.needs_input_grad[1], ctx.needs_input_grad[2] and logvar is not None, ctx.needs_input_grad[3]]
-    grad_out, grad_logvar, grad_x = _log_likelihood_backward(ctx.likelihood, out, logvar, x, grad_ll, needs)
+    args = (ctx.likelihood, out, logvar, x, grad_ll, needs)
+    # create_graph=True (or torch.func): the backward op as a differentiable function
+    backward = _LogLikelihoodBackward.apply if torch.is_grad_enabled() else _log_likelihood_backward
+    grad_out, grad_logvar, grad_x = backward(*args)
     return (
         None,
         grad_out if needs[0] else None,
@@ -89,6 +93,101 @@ def _backward(ctx, grad_ll):
 
 
 _log_likelihood.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _logvar_rows(logvar: torch.Tensor, lv_dim: int | None, batch_size: int, out_rows: torch.Tensor) -> torch.Tensor:
+    """A logvar of V instances ((N, D), (D,) or 0-d each) as (V * N, D) rows like ``out_rows``
+    (a view where it can be), so each instance's rows see their own logvar."""
+    lv = batch_first(logvar, lv_dim, batch_size)  # (V, N, D), (V, D) or (V,)
+    lv = lv.reshape(batch_size, -1, lv.shape[-1]) if lv.dim() == 3 else lv.reshape(batch_size, 1, -1)
+    return lv.expand(batch_size, out_rows.shape[0] // batch_size, out_rows.shape[1]).reshape(out_rows.shape)
+
+
+@_log_likelihood.register_vmap
+def _log_likelihood_vmap(info, in_dims, likelihood, out, logvar, x):
+    v = info.batch_size
+    _, out_dim, lv_dim, x_dim = in_dims
+    out, x = fold_rows(out, out_dim, v), fold_rows(x, x_dim, v)
+    if logvar is not None and not (lv_dim is None and logvar.dim() < 2):  # else one logvar shared by all rows
+        logvar = _logvar_rows(logvar, lv_dim, v, out)
+    return unfold_rows(_log_likelihood(likelihood, out, logvar, x), v), 0
+
+
+@_log_likelihood_backward.register_vmap
+def _log_likelihood_backward_vmap(info, in_dims, likelihood, out, logvar, x, grad_ll, needs):
+    v = info.batch_size
+    _, out_dim, lv_dim, x_dim, g_dim, _ = in_dims
+    out, x, grad_ll = fold_rows(out, out_dim, v), fold_rows(x, x_dim, v), fold_rows(grad_ll, g_dim, v)
+    # each instance gets the gradient of its own logvar: computed per row, then summed per instance
+    lv_rows = None if logvar is None else _logvar_rows(logvar, lv_dim, v, out)
+    grads = _log_likelihood_backward(likelihood, out, lv_rows, x, grad_ll, needs)
+    grads = [unfold_rows(g, v) if need else g for g, need in zip(grads, needs)]  # (V, N, D) or empty
+    if needs[1] and logvar.dim() - (lv_dim is not None) < 2:  # (D,) or 0-d per instance
+        grads[1] = grads[1].sum(1) if logvar.dim() - (lv_dim is not None) == 1 else grads[1].sum((1, 2))
+    return grads, [0 if need else None for need in needs]
+
+
+class _LogLikelihood(FuncFunction):
+    """The likelihood op under autograd and ``torch.func`` (grad, vmap, jacrev): the custom op's
+    own autograd registration cannot serve torch.func (it defines no ``setup_context`` there;
+    pytorch#170834), so the public functions apply the op through this Function."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(likelihood, out, logvar, x):
+        return _log_likelihood(likelihood, out, logvar, x)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+def _first_order_grads(likelihood: str, needs: list[bool]):
+    """What the backward op computes, in torch ops (``fastvae.reference``'s ``*_grads``), as a
+    function of its tensor inputs (out, logvar, x, grad_ll): the gradients it was asked for,
+    each in its input's dtype."""
+    need_out, need_lv, need_x = needs
+
+    def grads(out, logvar, x, grad_ll):
+        acc = reference.accumulation_dtype(out, logvar, x)
+        o, lv, xx, g = out.to(acc), logvar.to(acc), x.to(acc), grad_ll.to(acc)
+        if likelihood == "gaussian":
+            grad_r, grad_lv = reference.gaussian_grads(o - xx, lv, g, (need_out or need_x, need_lv))
+            wanted = [(grad_r, out, need_out), (grad_lv, logvar, need_lv), (None if grad_r is None else -grad_r, x, need_x)]
+        else:
+            continuous = likelihood == "continuous_bernoulli"
+            grad_o, grad_x = reference.logit_likelihood_grads(o, xx, g, continuous, (need_out, need_x))
+            wanted = [(grad_o, out, need_out), (grad_x, x, need_x)]
+        return tuple(grad.to(t.dtype) for grad, t, need in wanted if need)
+
+    return grads
+
+
+class _LogLikelihoodBackward(FuncFunction):
+    """The backward op, differentiable: the kernel computes the gradients; their own derivatives
+    (double backward) are those of the same closed form in ``fastvae.reference``, in torch ops,
+    differentiated by ``torch.func.vjp`` (so third and higher orders follow)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(likelihood, out, logvar, x, grad_ll, needs):
+        return tuple(_log_likelihood_backward(likelihood, out, logvar, x, grad_ll, needs))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        likelihood, out, logvar, x, grad_ll, needs = inputs
+        ctx.likelihood, ctx.needs = likelihood, needs
+        ctx.save_for_backward(out, logvar, x, grad_ll)
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        out, logvar, x, grad_ll = ctx.saved_tensors
+        lv = logvar if logvar is not None else out.new_zeros(())  # the Bernoulli grads ignore it
+        _, vjp = torch.func.vjp(_first_order_grads(ctx.likelihood, ctx.needs), out, lv, x, grad_ll)
+        # the op returns an empty tensor for each gradient it did not compute
+        d_out, d_logvar, d_x, d_grad_ll = vjp(tuple(gg for gg, need in zip(grad_grads, ctx.needs) if need))
+        return None, d_out, d_logvar if logvar is not None else None, d_x, d_grad_ll, None
 
 
 def _flatten_rows(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -123,7 +222,7 @@ def _log_likelihood_rows(
 
     if logvar is not None and not (logvar.dim() == 0 or logvar.shape == shape[-1:]):
         logvar = _flatten_rows(logvar, shape)  # full or partially broadcast: per element
-    ll = _log_likelihood(likelihood, _flatten_rows(out, shape), logvar, _flatten_rows(x, shape))
+    ll = _LogLikelihood.apply(likelihood, _flatten_rows(out, shape), logvar, _flatten_rows(x, shape))
     return ll.reshape(shape[:-1])
 
 

@@ -17,7 +17,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+
+from .func_transforms import FuncFunction
 
 LOG_2PI = math.log(2.0 * math.pi)
 LOG_2 = math.log(2.0)
@@ -137,53 +138,80 @@ def kl_standard_normal_ref(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
 
 # The heads below are torch.autograd.Functions whose backward is the closed-form gradient
 # (the same math as the kernels in fastvae.kernels): autograd through the elementwise chain
-# would save a full-size temporary per op and replay each op backward. Each forward computes
-# in the accumulation dtype (half precision upcast once to float32) and returns results in
-# it; each backward computes the input gradients in that dtype, sums them over broadcast
-# dims, and rounds them once to the input's dtype.
+# would save a full-size temporary per op and replay each op backward. Half-precision inputs
+# are upcast once, before the Function (float32; float64 stays), so the Functions compute in
+# the accumulation dtype and autograd rounds each gradient once to its input's dtype. Each
+# Function saves only its inputs, and its backward is one of the ``*_grads`` functions: plain
+# torch ops, so a backward with ``create_graph=True`` (gradient penalties, Hessian-vector
+# products) is recorded by autograd and differentiates correctly to any order (they work in
+# place only where nothing records them), and the kernel path's backward ops take their own
+# derivatives from the same functions. ``setup_context`` and ``generate_vmap_rule`` make the
+# Functions work under ``torch.func`` (grad, vmap, jacrev, per-example gradients).
 
 
-def _to_input(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """A gradient computed at the broadcast shape, summed to an input's shape and rounded once to its dtype."""
-    return grad.sum_to_size(shape).to(dtype)
+def _recording() -> bool:
+    """Whether autograd records the ops now: a backward with create_graph=True, or torch.func."""
+    return torch.is_grad_enabled()
 
 
-class _Reparameterize(torch.autograd.Function):
-    """z = mu + exp(lv/2) * eps,  kl = 0.5 * sum(mu^2 + exp(lv) - 1 - lv) per row.
+def _scaled(t: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """``t * factor``, into ``t`` (a temporary of the caller's) unless autograd records the ops."""
+    return t * factor if _recording() else t.mul_(factor)
 
-    Backward, with gz = dL/dz, gkl = dL/dkl (per row):
+
+def _shifted(t: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
+    """``t + shift``, into ``t`` (a temporary of the caller's) unless autograd records the ops."""
+    return t + shift if _recording() else t.add_(shift)
+
+
+def reparameterize_grads(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor,
+    grad_z: torch.Tensor,
+    grad_kl: torch.Tensor,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of (z, kl) = reparameterize(mu, logvar, eps) w.r.t. (mu, logvar, eps) for the
+    upstream ``grad_z`` (like z) and ``grad_kl`` (one per row), all in one (accumulation)
+    dtype; None where ``needs`` says so.
+
         dL/dmu  = gz + gkl * mu
-        dL/dlv  = 0.5 * gz * (z - mu) + 0.5 * gkl * (exp(lv) - 1),   z - mu = exp(lv/2) * eps
+        dL/dlv  = 0.5 * gz * exp(lv/2) * eps + 0.5 * gkl * (exp(lv) - 1)
         dL/deps = gz * exp(lv/2)
     """
+    gkl = grad_kl.unsqueeze(-1)
+    need_mu, need_lv, need_eps = needs
+    grad_mu = grad_lv = grad_eps = None
+    if need_mu:
+        grad_mu = torch.addcmul(grad_z, gkl, mu)
+    if need_lv or need_eps:
+        std = torch.exp(0.5 * logvar)
+        gz_std = grad_z * std
+        if need_lv:
+            # 0.5 * (gz_std * eps + gkl * (std^2 - 1))
+            grad_lv = _scaled(torch.addcmul(_scaled(_shifted(std.square(), -1.0), gkl), gz_std, eps), 0.5)
+        if need_eps:
+            grad_eps = gz_std
+    return grad_mu, grad_lv, grad_eps
+
+
+class _Reparameterize(FuncFunction):
+    """z = mu + exp(lv/2) * eps,  kl = 0.5 * sum(mu^2 + exp(lv) - 1 - lv) per row."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps):
-        acc = accumulation_dtype(mu, logvar)
-        m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
-        std = torch.exp(0.5 * lv)
-        z = torch.addcmul(m, std, e)
-        kl = kl_standard_normal_ref(m, lv)
-        ctx.save_for_backward(m, std, e)
-        ctx.inputs = [(t.shape, t.dtype) for t in (mu, logvar, eps)]
-        return z.to(mu.dtype), kl
+    def forward(mu, logvar, eps):
+        return torch.addcmul(mu, torch.exp(0.5 * logvar), eps), kl_standard_normal_ref(mu, logvar)
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
     def backward(ctx, grad_z, grad_kl):
-        m, std, e = ctx.saved_tensors
-        gz, gkl = grad_z.to(m.dtype), grad_kl.unsqueeze(-1)
-        need_mu, need_lv, need_eps = ctx.needs_input_grad
-        grad_mu = grad_lv = grad_eps = None
-        if need_mu:
-            grad_mu = _to_input(torch.addcmul(gz, gkl, m), *ctx.inputs[0])
-        if need_lv or need_eps:
-            gz_std = gz * std
-            if need_lv:
-                grad_lv = _to_input(0.5 * (gz_std * e + gkl * (std.square() - 1.0)), *ctx.inputs[1])
-            if need_eps:
-                grad_eps = _to_input(gz_std, *ctx.inputs[2])
-        return grad_mu, grad_lv, grad_eps
+        return reparameterize_grads(*ctx.saved_tensors, grad_z, grad_kl, ctx.needs_input_grad)
 
 
 def reparameterize_ref(
@@ -194,16 +222,39 @@ def reparameterize_ref(
     mu and logvar are upcast once, so that in half precision their gradients from z and
     from the KL are summed in float32 and rounded once (as the kernel does).
     """
-    return _Reparameterize.apply(mu, logvar, eps)
+    acc = accumulation_dtype(mu, logvar)
+    z, kl = _Reparameterize.apply(mu.to(acc), logvar.to(acc), eps.to(acc))
+    return z.to(mu.dtype), kl
 
 
-class _ReparameterizeDraws(torch.autograd.Function):
-    """S draws per row, z_s = mu + std * eps_s (std = exp(lv/2)), with the analytic KL or the
-    sampled one, kl_s = log q(z_s|x) - log p(z_s) = sum_c 0.5 * (z_s^2 - eps_s^2 - lv).
+def latent_head_ref(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, sampled_kl: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent-head op in plain (differentiable) torch ops, for (N, Z) mu/logvar and
+    (S, N, Z) noise: z (S, N, Z) in mu's dtype, and the analytic KL (N,) or, if ``sampled_kl``,
+    the per-draw ``log q(z|x) - log p(z) = 0.5 * sum(z^2 - eps^2 - lv)`` (S, N), accumulated
+    in float32 (float64). The kernel path differentiates it for its double backward.
+    """
+    acc = accumulation_dtype(mu, logvar)
+    m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
+    z = m + torch.exp(0.5 * lv) * e
+    kl = 0.5 * (z.square() - e.square() - lv).sum(-1) if sampled_kl else kl_standard_normal_ref(m, lv)
+    return z.to(mu.dtype), kl
 
-    eps is (S, ..., Z) for S draws, or shaped like mu for one draw without a sample dim. The
-    analytic KL is returned once per row (the caller broadcasts it over the draws).
-    Backward, with gz_s = dL/dz_s and gkl_s = dL/dkl_s (per row), summed over the draws:
+
+def reparameterize_draws_grads(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor,
+    grad_z: torch.Tensor,
+    grad_kl: torch.Tensor,
+    sampled: bool,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of (z, kl) = reparameterize_draws_ref(mu, logvar, eps) w.r.t. (mu, logvar, eps),
+    in one (accumulation) dtype, plain torch ops (differentiable); None where ``needs`` says so.
+
+    With gz_s = dL/dz_s and gkl_s = dL/dkl_s (per row), summed over the draws s:
         sampled:  t_s     = gz_s + gkl_s * z_s
                   dL/dmu  = sum_s t_s
                   dL/dlv  = sum_s 0.5 * std * eps_s * t_s - 0.5 * gkl_s
@@ -211,57 +262,79 @@ class _ReparameterizeDraws(torch.autograd.Function):
         analytic: dL/dmu  = sum_s gz_s + gkl * mu
                   dL/dlv  = sum_s 0.5 * std * eps_s * gz_s + 0.5 * gkl * (exp(lv) - 1)
                   dL/deps_s = std * gz_s
-    DReG (sampled only; ``ctx.dreg``: set by ``IWAELoss(estimator="dreg")``, or from
-    ``gradient``, see ``SCORE_FREE_GRADIENTS``): the kl's score term is dropped and the draws
-    are reweighted, gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std)) (``dreg_grad_z_ref``;
-    ``gradient="path"``: no reweighting); then dL/dmu = sum_s gz'_s, dL/dlv = sum_s 0.5 * std * eps_s * gz'_s.
+    """
+    std = torch.exp(0.5 * logvar)
+    gkl = grad_kl.unsqueeze(-1)
+    if sampled:
+        t = torch.addcmul(grad_z, gkl, torch.addcmul(mu, std, eps))  # gz_s + gkl_s * z_s
+        grad_mu = t.sum_to_size(mu.shape)
+        grad_lv = (0.5 * std * eps * t - 0.5 * gkl).sum_to_size(logvar.shape)
+        grad_eps = std * t - gkl * eps
+    else:
+        grad_mu = grad_z.sum_to_size(mu.shape) + gkl * mu
+        grad_lv = (0.5 * std * eps * grad_z).sum_to_size(logvar.shape) + 0.5 * gkl * (std.square() - 1.0)
+        grad_eps = std * grad_z
+    return tuple(g if need else None for g, need in zip((grad_mu, grad_lv, grad_eps.sum_to_size(eps.shape)), needs))
+
+
+class _ReparameterizeDraws(FuncFunction):
+    """S draws per row, z_s = mu + std * eps_s (std = exp(lv/2)), with the analytic KL or the
+    sampled one, kl_s = log q(z_s|x) - log p(z_s) = sum_c 0.5 * (z_s^2 - eps_s^2 - lv).
+
+    eps is (S, ..., Z) for S draws, or shaped like mu for one draw without a sample dim. The
+    analytic KL is returned once per row (the caller broadcasts it over the draws). Backward:
+    :func:`reparameterize_draws_grads`, or with DReG (sampled only; ``ctx.dreg``: set by
+    ``IWAELoss(estimator="dreg")``, or from ``gradient``, see ``SCORE_FREE_GRADIENTS``) the kl's
+    score term dropped and the draws reweighted, gz'_s = w_s * (gz_s + gkl_s * (z_s - eps_s / std))
+    (``dreg_grad_z_ref``; ``gradient="path"``: no reweighting); then dL/dmu = sum_s gz'_s,
+    dL/dlv = sum_s 0.5 * std * eps_s * gz'_s.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, mu, logvar, eps, sampled: bool, gradient: str = "full"):
-        acc = accumulation_dtype(mu, logvar)
-        m, lv, e = mu.to(acc), logvar.to(acc), eps.to(acc)
-        std = torch.exp(0.5 * lv)
-        z = torch.addcmul(m, std, e)
-        if sampled:
-            kl = 0.5 * (z.square() - e.square() - lv).sum(-1)
-        else:
-            kl = kl_standard_normal_ref(m, lv)
-        ctx.save_for_backward(m, std, e)
-        ctx.inputs = [(t.shape, t.dtype) for t in (mu, logvar, eps)]
+    def forward(mu, logvar, eps, sampled: bool, gradient: str):
+        std = torch.exp(0.5 * logvar)
+        z = torch.addcmul(mu, std, eps)
+        kl = 0.5 * (z.square() - eps.square() - logvar).sum(-1) if sampled else kl_standard_normal_ref(mu, logvar)
+        return z, kl
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mu, logvar, eps, sampled, gradient = inputs
+        ctx.save_for_backward(mu, logvar, eps)
         ctx.fastvae_kl = "sampled" if sampled else "analytic"  # what IWAELoss looks for
         # IWAELoss(estimator="dreg") attaches its link here; or set now by gradient="dreg" / "path"
         ctx.dreg = SCORE_FREE_GRADIENTS.get(gradient)
-        return z.to(mu.dtype), kl
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
     def backward(ctx, grad_z, grad_kl):
-        m, std, e = ctx.saved_tensors
-        gz, gkl = grad_z.to(m.dtype), grad_kl.to(m.dtype).unsqueeze(-1)
-        if ctx.fastvae_kl == "analytic":
-            # per-draw terms summed over the draws, then the per-row KL terms
-            grad_mu = gz.sum_to_size(m.shape) + gkl * m
-            grad_lv = (0.5 * std * e * gz).sum_to_size(m.shape) + 0.5 * gkl * (std.square() - 1.0)
-            grad_eps = std * gz
-        elif ctx.dreg is not None:
-            z = torch.addcmul(m, std, e)
-            gz = dreg_grad_z_ref(gz, gkl, ctx.dreg.weights_for(grad_kl), z - e / std)
-            grad_mu = gz.sum_to_size(m.shape)
-            grad_lv = (0.5 * std * e * gz).sum_to_size(m.shape)
-            grad_eps = std * gz
-        else:
-            t = torch.addcmul(gz, gkl, torch.addcmul(m, std, e))  # gz_s + gkl_s * z_s
-            grad_mu = t.sum_to_size(m.shape)
-            grad_lv = (0.5 * std * e * t - 0.5 * gkl).sum_to_size(m.shape)
-            grad_eps = std * t - gkl * e
+        m, lv, e = ctx.saved_tensors
+        if ctx.dreg is None:
+            return (*reparameterize_draws_grads(m, lv, e, grad_z, grad_kl, ctx.fastvae_kl == "sampled",
+                                                ctx.needs_input_grad[:3]), None, None)
+        require_first_order_dreg()
+        std = torch.exp(0.5 * lv)
+        z = torch.addcmul(m, std, e)
+        gz = dreg_grad_z_ref(grad_z, grad_kl.unsqueeze(-1), ctx.dreg.weights_for(grad_kl), z - e / std)
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
         return (
-            grad_mu.to(ctx.inputs[0][1]) if need_mu else None,
-            grad_lv.to(ctx.inputs[1][1]) if need_lv else None,
-            _to_input(grad_eps, *ctx.inputs[2]) if need_eps else None,
+            gz.sum_to_size(m.shape) if need_mu else None,
+            (0.5 * std * e * gz).sum_to_size(m.shape) if need_lv else None,
+            (std * gz).sum_to_size(e.shape) if need_eps else None,
             None,
             None,
+        )
+
+
+def require_first_order_dreg() -> None:
+    """DReG's encoder gradient is an estimator, not the derivative of the loss: nothing to
+    differentiate again. A backward that records (create_graph=True, torch.func) is refused."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "IWAELoss(estimator='dreg') gives a first-order gradient estimator, which has no derivative: "
+            "backward with create_graph=True (or torch.func transforms) is not supported through it; "
+            "use estimator='iwae' for higher-order gradients"
         )
 
 
@@ -283,7 +356,9 @@ def reparameterize_draws_ref(
     Returns:
         z shaped like eps in mu's dtype; kl shaped eps.shape[:-1] in the accumulation dtype.
     """
-    z, kl_value = _ReparameterizeDraws.apply(mu, logvar, eps, kl == "sampled", gradient)
+    acc = accumulation_dtype(mu, logvar)
+    z, kl_value = _ReparameterizeDraws.apply(mu.to(acc), logvar.to(acc), eps.to(acc), kl == "sampled", gradient)
+    z = z.to(mu.dtype)
     if kl == "analytic":
         kl_value = kl_value.expand(eps.shape[:-1])
     return z, kl_value  # the sampled kl is the node's own output: IWAELoss(estimator="dreg") finds it there
@@ -336,37 +411,47 @@ class _PathOnly:
 SCORE_FREE_GRADIENTS = {"dreg": _WeightsFromGradKl(), "path": _PathOnly()}
 
 
-class _ImportanceWeightedBound(torch.autograd.Function):
-    """bound = logsumexp_k(ll_k - kl_k) - log K per example, the draws k along dim 0.
-
-    Backward, with g = dL/dbound (per example) and the normalised importance weights
-    w_k = softmax_k(ll_k - kl_k), computed once:
-        dL/dll_k = g * w_k,    dL/dkl_k = -g * w_k
+def importance_weighted_bound_grads(
+    ll: torch.Tensor, kl: torch.Tensor, grad_bound: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dll, dL/dkl, w) of the bound below for the upstream ``grad_bound`` (per example), in
+    plain torch ops (differentiable), with the normalised importance weights
+    w_k = softmax_k(ll_k - kl_k) computed once: dL/dll_k = g * w_k, dL/dkl_k = -g * w_k.
     The weights are exp(log_w_k - max) / sum_j exp(log_w_j - max), not exp(log_w_k - bound):
     at |log_w| ~ 1e8 and beyond, float32 absorbs log sum_j exp(...) into the max and the
     latter would no longer sum to 1.
     """
+    weights = torch.softmax(ll - kl, 0)
+    grad_ll = grad_bound * weights
+    return grad_ll, -grad_ll, weights
+
+
+class _ImportanceWeightedBound(FuncFunction):
+    """bound = logsumexp_k(ll_k - kl_k) - log K per example, the draws k along dim 0;
+    backward :func:`importance_weighted_bound_grads`."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, ll, kl, observer):
-        acc = accumulation_dtype(ll, kl)
-        log_w = ll.to(acc) - kl.to(acc)
-        bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # max-shifted: stable for any K
-        ctx.save_for_backward(log_w)
+    def forward(ll, kl, observer):
+        log_w = ll - kl
+        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])  # max-shifted: stable for any K
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ll, kl, observer = inputs
         ctx.observer = observer
-        ctx.inputs = [t.dtype for t in (ll, kl)]
-        return bound
+        ctx.save_for_backward(ll, kl)
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
     def backward(ctx, grad_bound):
-        (log_w,) = ctx.saved_tensors
-        weights = torch.softmax(log_w, 0)
-        grad_ll = grad_bound * weights
-        grad_kl = (-grad_ll).to(ctx.inputs[1])
+        ll, kl = ctx.saved_tensors
+        if ctx.observer is not None:
+            require_first_order_dreg()
+        grad_ll, grad_kl, weights = importance_weighted_bound_grads(ll, kl, grad_bound)
         if ctx.observer is not None:
             ctx.observer(weights, grad_kl)
-        return grad_ll.to(ctx.inputs[0]), grad_kl, None
+        return grad_ll, grad_kl, None
 
 
 def importance_weighted_bound_ref(
@@ -381,95 +466,121 @@ def importance_weighted_bound_ref(
     >>> importance_weighted_bound_ref(torch.zeros(4, 2), torch.zeros(4, 2))
     tensor([0., 0.])
     """
-    return _ImportanceWeightedBound.apply(ll, kl, observer)
+    acc = accumulation_dtype(ll, kl)
+    return _ImportanceWeightedBound.apply(ll.to(acc), kl.to(acc), observer)
 
 
-class _LogitLikelihood(torch.autograd.Function):
-    """ll = sum(x*l - softplus(l)) per row (Bernoulli), plus sum(log C(l)) if continuous.
+def logit_likelihood_grads(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    grad_ll: torch.Tensor,
+    continuous: bool,
+    needs: tuple[bool, bool] = (True, True),
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the (continuous) Bernoulli per-row ll w.r.t. (logits, x) for the upstream
+    ``grad_ll`` (one per row), all in one (accumulation) dtype, summed to each input's shape
+    (x may be broadcast); None where ``needs`` says so.
 
-    Backward, with g = dL/dll (per row):
         dL/dl = g * (x - sigmoid(l))   [continuous Bernoulli: + g * (1/l - 1/sinh(l))]
         dL/dx = g * l
     """
+    g = grad_ll.unsqueeze(-1)
+    grad_logits = grad_x = None
+    if needs[0]:
+        dl = x - torch.sigmoid(logits)
+        if continuous:
+            dl = _shifted(dl, continuous_bernoulli_log_norm_grad_ref(logits))
+        grad_logits = _scaled(dl, g).sum_to_size(logits.shape)
+    if needs[1]:
+        grad_x = (g * logits).sum_to_size(x.shape)
+    return grad_logits, grad_x
+
+
+class _LogitLikelihood(FuncFunction):
+    """ll = sum(x*l - softplus(l)) per row (Bernoulli), plus sum(log C(l)) if continuous."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, logits, x, continuous: bool):
-        acc = accumulation_dtype(logits, x)
-        l, xa = logits.to(acc), x.to(acc)
+    def forward(logits, x, continuous: bool):
         # sum(x*l) as a dot product: no full-size temporary
-        ll = torch.linalg.vecdot(xa, l) - F.softplus(l).sum(-1)
+        ll = torch.linalg.vecdot(x, logits) - F.softplus(logits).sum(-1)
         if continuous:
-            ll = ll + continuous_bernoulli_log_norm_ref(l).sum(-1)
-        ctx.continuous = continuous
-        ctx.save_for_backward(l, xa)
-        ctx.inputs = [(t.shape, t.dtype) for t in (logits, x)]
+            ll = ll + continuous_bernoulli_log_norm_ref(logits).sum(-1)
         return ll
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
+    def setup_context(ctx, inputs, output):
+        logits, x, continuous = inputs
+        ctx.continuous = continuous
+        ctx.save_for_backward(logits, x)
+
+    @staticmethod
     def backward(ctx, grad_ll):
-        l, xa = ctx.saved_tensors
-        g = grad_ll.unsqueeze(-1)
-        grad_logits = grad_x = None
-        if ctx.needs_input_grad[0]:
-            dl = xa - torch.sigmoid(l)
-            if ctx.continuous:
-                dl += continuous_bernoulli_log_norm_grad_ref(l)
-            grad_logits = _to_input(dl.mul_(g), *ctx.inputs[0])
-        if ctx.needs_input_grad[1]:
-            grad_x = _to_input(g * l, *ctx.inputs[1])
-        return grad_logits, grad_x, None
+        logits, x = ctx.saved_tensors
+        return (*logit_likelihood_grads(logits, x, grad_ll, ctx.continuous, ctx.needs_input_grad[:2]), None)
+
+
+def _logit_likelihood_ref(logits: torch.Tensor, x: torch.Tensor, continuous: bool) -> torch.Tensor:
+    acc = accumulation_dtype(logits, x)
+    return _LogitLikelihood.apply(logits.to(acc), x.to(acc), continuous)
 
 
 def bernoulli_log_likelihood_ref(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum(x * l - softplus(l)) per row: Bernoulli(logits=l).log_prob(x).sum(-1), stable for any finite l."""
-    return _LogitLikelihood.apply(logits, x, False)
+    return _logit_likelihood_ref(logits, x, False)
 
 
-class _GaussianLikelihood(torch.autograd.Function):
-    """ll = sum(-0.5 * (log 2pi + lv + (x - m)^2 exp(-lv))) per row.
+def gaussian_grads(
+    residual: torch.Tensor,
+    logvar: torch.Tensor,
+    grad_ll: torch.Tensor,
+    needs: tuple[bool, bool] = (True, True),
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the Gaussian per-row ll w.r.t. (r, logvar), r = mean - x, for the upstream
+    ``grad_ll`` (one per row), in one (accumulation) dtype; the logvar's summed to its shape
+    ((D,), 0-d: broadcast); None where ``needs`` says so. With w = exp(-lv):
 
-    Backward, with g = dL/dll (per row), d = x - m, w = exp(-lv):
-        dL/dm  = g * d * w
-        dL/dlv = 0.5 * g * (d^2 * w - 1)
-        dL/dx  = -dL/dm
+        dL/dr  = -g * r * w          (= dL/dmean = -dL/dx)
+        dL/dlv = 0.5 * g * (r^2 * w - 1)
     """
+    g = grad_ll.unsqueeze(-1)
+    rw = residual * torch.exp(-logvar)
+    grad_lv = None
+    if needs[1]:
+        grad_lv = _scaled(_shifted(residual * rw, -1.0), 0.5 * g).sum_to_size(logvar.shape)
+    grad_residual = _scaled(rw, -g) if needs[0] else None
+    return grad_residual, grad_lv
+
+
+class _GaussianLikelihood(FuncFunction):
+    """ll = sum(-0.5 * (log 2pi + lv + r^2 exp(-lv))) per row, r = mean - x."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, mean, logvar, x):
-        acc = accumulation_dtype(mean, logvar, x)
-        m, lv, xa = mean.to(acc), logvar.to(acc), x.to(acc)
-        d = xa - m
-        w = torch.exp(-lv)
-        # lv + d^2 w broadcasts lv ((D,), 0-d or like x) to the rows
-        ll = -0.5 * (torch.addcmul(lv, d.square(), w).sum(-1) + d.shape[-1] * LOG_2PI)
-        ctx.save_for_backward(d, w)
-        ctx.inputs = [(t.shape, t.dtype) for t in (mean, logvar, x)]
-        return ll
+    def forward(residual, logvar):
+        # lv + r^2 w broadcasts lv ((D,), 0-d or like x) to the rows
+        return -0.5 * (torch.addcmul(logvar, residual.square(), torch.exp(-logvar)).sum(-1) + residual.shape[-1] * LOG_2PI)
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of differentiating the closed form wrongly
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
     def backward(ctx, grad_ll):
-        d, w = ctx.saved_tensors
-        g = grad_ll.unsqueeze(-1)
-        need_mean, need_lv, need_x = ctx.needs_input_grad
-        grad_mean = grad_lv = grad_x = None
-        dw = d * w
-        if need_lv:
-            grad_lv = _to_input((dw * d).sub_(1.0).mul_(0.5 * g), *ctx.inputs[1])
-        dw.mul_(g)  # dL/dm
-        if need_mean:
-            grad_mean = _to_input(dw, *ctx.inputs[0])
-        if need_x:
-            grad_x = _to_input(-dw, *ctx.inputs[2])
-        return grad_mean, grad_lv, grad_x
+        return gaussian_grads(*ctx.saved_tensors, grad_ll, ctx.needs_input_grad)
 
 
 def gaussian_log_likelihood_ref(
     mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    """sum(-0.5 * (log 2pi + lv + (x - m)^2 exp(-lv))) per row: Normal(m, exp(lv/2)).log_prob(x).sum(-1)."""
-    return _GaussianLikelihood.apply(mean, logvar, x)
+    """sum(-0.5 * (log 2pi + lv + (x - m)^2 exp(-lv))) per row: Normal(m, exp(lv/2)).log_prob(x).sum(-1).
+
+    The residual is formed outside the Function, so autograd hands its gradient to the mean
+    as is and negated to x only if x needs one."""
+    acc = accumulation_dtype(mean, logvar, x)
+    return _GaussianLikelihood.apply(mean.to(acc) - x.to(acc), logvar.to(acc))
 
 
 def continuous_bernoulli_log_norm_ref(logits: torch.Tensor) -> torch.Tensor:
@@ -491,13 +602,18 @@ def continuous_bernoulli_log_norm_ref(logits: torch.Tensor) -> torch.Tensor:
 def continuous_bernoulli_log_norm_grad_ref(logits: torch.Tensor) -> torch.Tensor:
     """d/dl log C(l) elementwise: 1/l - 1/sinh(l), an odd function of l.
 
+    For a = |l| >= cutoff: sign(l) (1/a - 2e^-a / (1 - e^-2a)), which stays finite, and so do
+    its own derivatives under autograd, for any finite l (1/sinh(a) would make 0 * inf).
     Near 0 (t = l^2): l (1/6 - 7t/360 + 31t^2/15120 - 127t^3/604800 + 73t^4/3421440).
     """
     l = upcast(logits)
     cutoff = CB_TAYLOR_CUTOFF_F64 if l.dtype == torch.float64 else CB_TAYLOR_CUTOFF_F32
-    small = l.abs() < cutoff
-    safe = torch.where(small, torch.ones_like(l), l)
-    exact = safe.reciprocal() - torch.sinh(safe).reciprocal()  # 1/sinh overflows to 0: fine
+    a = l.abs()
+    small = a < cutoff
+    safe = torch.where(small, torch.ones_like(a), a)
+    e = torch.exp(-safe)
+    exact = safe.reciprocal() - 2.0 * e / -torch.expm1(-2.0 * safe)
+    exact = torch.where(l < 0, -exact, exact)
     t = l.square()
     taylor = l * (1.0 / 6.0 + t * (-7.0 / 360.0 + t * (31.0 / 15120.0 + t * (-127.0 / 604800.0 + t * (73.0 / 3421440.0)))))
     return torch.where(small, taylor, exact)
@@ -505,4 +621,4 @@ def continuous_bernoulli_log_norm_grad_ref(logits: torch.Tensor) -> torch.Tensor
 
 def continuous_bernoulli_log_likelihood_ref(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """ContinuousBernoulli(logits=l).log_prob(x).sum(-1) = sum(x*l - softplus(l) + log C(l))."""
-    return _LogitLikelihood.apply(logits, x, True)
+    return _logit_likelihood_ref(logits, x, True)
