@@ -26,6 +26,7 @@ from .evaluation import ACTIVE_UNIT_THRESHOLD, dataset_elbo, dataset_log_px_stat
 from .models import build_model, class_path
 from .models.interface import construct
 from .train_config import TrainConfig
+from .train_state import EVALUATION_ENTRIES
 
 
 @dataclass
@@ -82,7 +83,7 @@ def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None 
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, required=EVALUATION_ENTRIES)
     config = TrainConfig.from_dict(state["config"])
     torch_device = setup_process_group(device).device
     dataset = load_dataset(config.data, test=config.test_data)

@@ -17,13 +17,40 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require_entries
 from .settings import computation_settings, flag_of, free_settings, settings_fields
 from .train_config import TrainConfig
 
 #: 2: the model config nested in the run's config, noise a function of (seed, step). 1 (no
 #: "format" entry): fastvae 0.1 — evaluable and plottable, not resumable.
 CHECKPOINT_FORMAT = 2
+
+#: The entries of a training checkpoint, as ``Trainer.checkpoint_state`` builds them (checked
+#: when it is written, so the two cannot drift apart) and as ``--resume`` reads them (checked
+#: when it is loaded: a missing entry is one line naming the file and the entry, not a KeyError).
+#: ``rng_cuda`` is added on CUDA runs. The data position: ``BatchSource.state_dict``.
+CHECKPOINT_ENTRIES = {
+    "format": int,
+    "model": dict,
+    "optimizer": dict,
+    "config": dict,
+    "model_class": str,
+    "example_shape": list,
+    "step": int,
+    "samples_seen": int,
+    "world_size": int,
+    "data": {"epoch": int, "position": int, "seed": int, "num_examples": int, "batch_size": int,
+             "world_size": int, "drop_last": bool},
+    "rng_torch": torch.Tensor,
+    "wall_time_s": float,
+}
+#: What ``fastvae eval`` / ``plot`` read, which every checkpoint format holds.
+EVALUATION_ENTRIES = {"model": dict, "config": dict, "step": int}
+#: What a user can do with a checkpoint that ``--resume`` cannot use.
+RESUME_REMEDY = ("restore the file from a backup, or train from scratch without --resume (into a new --out "
+                 "to keep this run's other files)")
 
 
 def _flag_for(dotted: str) -> str:
@@ -49,6 +76,10 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
             f"is {CHECKPOINT_FORMAT}): its noise stream differs, so it cannot continue exactly; "
             "`fastvae eval` and `fastvae plot` still read it"
         )
+    try:
+        require_entries(state, CHECKPOINT_ENTRIES, str(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc}; {RESUME_REMEDY}") from None
     saved_cfg = TrainConfig.from_dict(state["config"])
     saved, now = computation_settings(saved_cfg), computation_settings(cfg)
     first = ("model_class", "model.arch")  # a different model first, then its settings
@@ -69,7 +100,7 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
 def read_resume_state(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
     """The checkpoint ``--resume`` continues from (``FileNotFoundError`` naming it if missing)."""
     path = Path(cfg.out) / CHECKPOINT_NAME
-    return load_checkpoint(path), path
+    return load_checkpoint(path, remedy=f"--resume cannot continue from it: {RESUME_REMEDY}"), path
 
 
 def model_metadata(cfg: TrainConfig, model_class: str, example_shape: tuple[int, ...]) -> dict[str, str]:

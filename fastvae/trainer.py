@@ -46,7 +46,7 @@ from .step import ELBO, Noise, Objective
 from .stop_signals import StopRequests
 from .threads import choose_threads, step_flops
 from .train_config import DEFAULT_SAMPLES, TrainConfig
-from .train_state import CHECKPOINT_FORMAT, check_resumable, model_metadata, read_resume_state
+from .train_state import CHECKPOINT_ENTRIES, CHECKPOINT_FORMAT, check_resumable, model_metadata, read_resume_state
 from .train_step import ObjectiveModule, TrainStep, make_optimizer
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "make_objective", "total_steps", "train"]
@@ -165,7 +165,8 @@ class Trainer:
             self.test_data = held_out_tensor(dataset, cfg, self.device, cfg.eval_examples)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything a resumed run needs (see :mod:`fastvae.train_state`)."""
+        """Everything a resumed run needs (see :mod:`fastvae.train_state`; its entries are
+        ``CHECKPOINT_ENTRIES`` there, checked when written)."""
         state = {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -283,7 +284,7 @@ class Trainer:
 
     def save(self) -> None:
         if self.group.is_main:
-            save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.checkpoint_state())
+            save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.checkpoint_state(), required=CHECKPOINT_ENTRIES)
         barrier(self.group)
 
     # -- export and evaluate ----------------------------------------------------------------
