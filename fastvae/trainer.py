@@ -117,7 +117,8 @@ class Trainer:
         if cfg.amp and self.device.type != "cuda":
             raise ValueError("--amp (bf16 autocast) is for CUDA devices; this run is on the CPU")
         if dataset.kind == "real" and cfg.likelihood != "gaussian":
-            raise ValueError(f"--data {cfg.data}: the values are not in [0, 1], so likelihood={cfg.likelihood!r} "
+            where = f" ({dataset.outside_unit})" if dataset.outside_unit else ""
+            raise ValueError(f"--data {cfg.data}: the values are not in [0, 1]{where}, so likelihood={cfg.likelihood!r} "
                              "does not apply; use --likelihood gaussian")
         if cfg.compile == "step" and group.distributed and self.device.type == "cuda":
             raise ValueError("--compile step captures the step in a CUDA graph, which fastvae does not do under DDP "

@@ -7,8 +7,11 @@ run the compiled kernels (the interpreter tests then skip).
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# data-file checks cache into a throwaway directory, not the user's ~/.cache
+os.environ.setdefault("FASTVAE_CACHE_DIR", tempfile.mkdtemp(prefix="fastvae-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

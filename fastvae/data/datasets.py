@@ -20,7 +20,8 @@ class) give a separate test file instead.
 Values: uint8 data is stored as is and divided by 255 per batch (``Dataset.divisor``), unless
 it only holds 0 and 1; other dtypes are used as they are. ``Dataset.kind`` is ``"unit"`` when
 the values lie in [0, 1] (Bernoulli likelihood, binarisation meaningful) and ``"real"``
-otherwise (Gaussian); for float data this is judged from up to 4,096 rows spread over the file.
+otherwise (Gaussian). Every row of every file is checked first (:mod:`~fastvae.data.validation`,
+cached per file): a NaN or infinite value is an error naming the file, the row and the value.
 
 >>> ds = load_dataset("digits")
 >>> ds.train.shape, ds.test.shape, ds.example_shape, ds.kind
@@ -43,13 +44,13 @@ from .batches import make_batches
 from .digits import DIGITS_SHAPE, load_digits
 from .idx import read_idx
 from .resident import rows_to_device
+from .validation import summarize_rows
 from .source import BatchSource
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASET_NAMES: tuple[str, ...] = ("digits", "fashion-mnist")
 TEST_FRACTION = 0.1
 MAX_TEST_ROWS = 10_000
-_KIND_SAMPLE_ROWS = 4096
 
 Kind = Literal["unit", "real"]
 
@@ -70,6 +71,8 @@ class Dataset:
         kind: ``"unit"`` (values in [0, 1]: Bernoulli) or ``"real"`` (Gaussian).
         divisor: stored values / divisor = features (255 for uint8 pixels), or None.
         source: where the data came from (paths), for logs and checkpoints.
+        outside_unit: for ``"real"`` data, where its values first leave [0, 1] ("row 17 of
+            FILE holds 1.5"), for the error that refuses a Bernoulli likelihood.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Dataset:
     kind: Kind
     divisor: float | None
     source: str
+    outside_unit: str | None = None
 
     @property
     def num_features(self) -> int:
@@ -166,25 +170,18 @@ def _example_shape(array: np.ndarray) -> tuple[int, ...]:
     return (side, side) if side * side == d else (d,)
 
 
-def _sample(rows: np.ndarray) -> np.ndarray:
-    n = rows.shape[0]
-    if n <= _KIND_SAMPLE_ROWS:
-        return np.asarray(rows)
-    index = np.linspace(0, n - 1, _KIND_SAMPLE_ROWS).astype(np.int64)
-    return np.take(rows, index, axis=0)
-
-
-def _scaling(rows: np.ndarray, where: str) -> tuple[float | None, Kind]:
-    """The divisor and kind of stored rows (see the module docs)."""
-    sample = _sample(rows)
+def _scaling(rows: np.ndarray, where: str) -> tuple[float | None, Kind, str | None]:
+    """The divisor and kind of stored rows (see the module docs), from every row
+    (:mod:`~fastvae.data.validation`: a NaN or inf anywhere is an error naming the row and the
+    value), and where the values first leave [0, 1] (None if they do not)."""
+    summary = summarize_rows(rows, where)
+    summary.require_finite(where)
     if storage_dtype(rows.dtype) == np.uint8:
-        return (None, "unit") if sample.max() <= 1 else (255.0, "unit")
+        return (None if summary.high <= 1 else 255.0), "unit", None
     if rows.dtype == np.bool_:
-        return None, "unit"
-    lo, hi = float(sample.min()), float(sample.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{where}: data contains NaN or infinite values")
-    return None, ("unit" if lo >= 0.0 and hi <= 1.0 else "real")
+        return None, "unit", None
+    outside = summary.outside_unit(where)
+    return None, ("unit" if outside is None else "real"), outside
 
 
 def _split_off_test(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +235,7 @@ def load_fashion_mnist(directory: str | os.PathLike | None = None) -> Dataset:
 
 def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.PathLike | None) -> Dataset:
     train, example_shape = read_array_file(train_path)
-    divisor, kind = _scaling(train, os.fspath(train_path))
+    divisor, kind, outside = _scaling(train, os.fspath(train_path))
     if test_path is None:
         train, test = _split_off_test(train)
         source = f"{os.fspath(train_path)} (last {test.shape[0]} rows as test)"
@@ -254,15 +251,16 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
                 f"{os.fspath(test_path)}: test data is stored as {test.dtype} but the training data in "
                 f"{os.fspath(train_path)} as {train.dtype}; store both alike"
             )
-        test_divisor, test_kind = _scaling(test, os.fspath(test_path))
+        test_divisor, test_kind, test_outside = _scaling(test, os.fspath(test_path))
         if divisor is None and test_divisor is not None:
             raise ValueError(
                 f"{os.fspath(test_path)}: uint8 test values exceed 1 while the training data in {os.fspath(train_path)} is 0/1"
             )
         if test_kind == "real":
-            kind = "real"
+            kind, outside = "real", outside or test_outside
         source = f"{os.fspath(train_path)} + {os.fspath(test_path)}"
-    return Dataset(name=name, train=train, test=test, example_shape=example_shape, kind=kind, divisor=divisor, source=source)
+    return Dataset(name=name, train=train, test=test, example_shape=example_shape, kind=kind, divisor=divisor,
+                   source=source, outside_unit=outside)
 
 
 def load_dataset(data: str | os.PathLike = "digits", *, test: str | os.PathLike | None = None) -> Dataset:
