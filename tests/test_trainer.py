@@ -313,3 +313,16 @@ def test_conv_trains_on_fashion_mnist(tmp_path):
     assert load_checkpoint(tmp_path)["example_shape"] == [28, 28]
     evaluated = evaluate_run(tmp_path, n_samples=10, n_examples=20, device="cpu")
     assert -600 < evaluated["test_elbo"] < evaluated["log_px"] + 1
+
+
+def test_the_readme_lists_exactly_the_settings_that_may_change_on_resume():
+    import re
+    from pathlib import Path
+
+    from fastvae.settings import flag_of, free_settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = readme[readme.index("These may change on resume:"):].split("(a bit-identical", 1)[0]
+    listed = set(re.findall(r"`(--[a-z-]+)`", paragraph))
+    free = {flag_of(f) for f in free_settings(TrainConfig)} - {"--resume"}
+    assert listed == free
