@@ -190,14 +190,16 @@ class _LogLikelihoodBackward(FuncFunction):
         return None, d_out, d_logvar if logvar is not None else None, d_x, d_grad_ll, None
 
 
-def _flatten_rows(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def _flatten_rows(t: torch.Tensor, shape: torch.Size, acc: torch.dtype) -> torch.Tensor:
     """Broadcast ``t`` to ``shape`` (..., D) and view it as (N, D); copies only if it must.
 
-    A half-precision input that is broadcast and requires grad is upcast first: its gradient
-    is then summed over the broadcast copies in float32 and rounded once, as on the torch path.
+    An input narrower than the accumulation dtype ``acc`` (half precision; float32 beside a
+    float64 input) that is broadcast and requires grad is upcast first: its gradient is then
+    summed over the broadcast copies in ``acc`` and rounded once, as on the torch path (not
+    rounded per copy, then summed in its own precision).
     """
-    if t.requires_grad and t.dtype in (torch.float16, torch.bfloat16) and t.numel() < shape.numel():
-        t = t.float()
+    if t.requires_grad and t.dtype != acc and t.numel() < shape.numel():
+        t = t.to(acc)
     return t.expand(shape).reshape(-1, shape[-1])
 
 
@@ -220,9 +222,10 @@ def _log_likelihood_rows(
             return _REFERENCE[likelihood](out, x)
         return reference.gaussian_log_likelihood_ref(out, logvar, x)
 
+    acc = reference.accumulation_dtype(*named.values())
     if logvar is not None and not (logvar.dim() == 0 or logvar.shape == shape[-1:]):
-        logvar = _flatten_rows(logvar, shape)  # full or partially broadcast: per element
-    ll = _LogLikelihood.apply(likelihood, _flatten_rows(out, shape), logvar, _flatten_rows(x, shape))
+        logvar = _flatten_rows(logvar, shape, acc)  # full or partially broadcast: per element
+    ll = _LogLikelihood.apply(likelihood, _flatten_rows(out, shape, acc), logvar, _flatten_rows(x, shape, acc))
     return ll.reshape(shape[:-1])
 
 

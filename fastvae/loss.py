@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from . import reference
 from .input_checks import require_float_tensor, require_same_device
 from .likelihood import LIKELIHOODS, log_likelihood
 
@@ -82,7 +81,9 @@ class ELBOLoss(nn.Module):
                 f"(decoder output / x broadcast, without the last dim); pass the per-example kl "
                 f"from fastvae.reparameterize, not its sum or mean"
             )
-        kl = reference.upcast(kl)  # beta * a half kl would round in half precision
+        # beta * kl in the likelihood's accumulation dtype (or kl's, if wider): a half kl (or a
+        # float32 kl with a float64 likelihood) would round the product to its own precision
+        kl = kl.to(torch.promote_types(kl.dtype, ll.dtype))
         if isinstance(self.beta, torch.Tensor) and self.beta.device != kl.device and self.beta.device.type != "cpu":
             raise ValueError(f"beta is on {self.beta.device} but kl is on {kl.device}: move beta to kl's device")
         loss = self.beta * kl - ll

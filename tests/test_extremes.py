@@ -227,3 +227,50 @@ def test_beta_times_a_half_kl_is_taken_in_float32(backend, backend_name):
     expected = beta * kl.double() - fastvae.bernoulli_log_likelihood(logits, x).double()
     torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
     assert ((beta * kl).double() - beta * kl.double()).abs().max() > 0.1  # what half arithmetic would give
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("fn", ["bernoulli", "continuous_bernoulli"])
+def test_float64_softplus_is_not_cut_off_at_20(backend, backend_name, fn):
+    """F.softplus returns l itself above its default threshold 20: 4e-10 off per element at
+    l = 21.6, a million float64 ulps (found by the fuzz suite). Exact: l + log1p(e^-l)."""
+    backend(backend_name)
+    logits = torch.tensor([[21.6358, 25.0, 30.0, 35.0, -21.6358]], dtype=torch.float64)
+    x = torch.tensor([[0.9207, 0.5, 1.0, 0.25, 0.0]], dtype=torch.float64)
+    softplus = logits.clamp_min(0) + torch.log1p(torch.exp(-logits.abs()))
+    expected = (x * logits - softplus).sum(-1)
+    ll = fastvae.bernoulli_log_likelihood(logits, x)
+    if fn == "continuous_bernoulli":
+        a = logits.abs()
+        expected = expected + (torch.log(a) - torch.log(-torch.expm1(-a)) + torch.log1p(torch.exp(-a))).sum(-1)
+        ll = fastvae.continuous_bernoulli_log_likelihood(logits, x)
+    torch.testing.assert_close(ll, expected, rtol=4e-16, atol=0)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_beta_times_a_float32_kl_is_taken_in_float64_with_a_float64_likelihood(backend, backend_name):
+    """The loss is float64 when the likelihood is: beta * kl must not round to float32 first
+    (found by the fuzz suite: 1.5e-11 off at beta = 3.25)."""
+    backend(backend_name)
+    logits, x = torch.tensor([[0.0015]], dtype=torch.float64), torch.tensor([[0.9701]], dtype=torch.float64)
+    kl = torch.tensor([0.0015], dtype=torch.float32)
+    loss = fastvae.ELBOLoss(reduction="none", beta=3.25)(logits, x, kl)
+    assert loss.dtype == torch.float64
+    expected = 3.25 * kl.double() - fastvae.bernoulli_log_likelihood(logits, x)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-17)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_narrower_broadcast_input_gets_its_gradient_summed_in_the_accumulation_dtype(backend, backend_name):
+    """float32 x broadcast over float64 rows: its gradient is summed over the rows in float64
+    and rounded to float32 once (the kernel path rounded each row's share first; found by the
+    fuzz suite: 5.7e-7 relative, 5 float32 ulps, where the contributions nearly cancel)."""
+    backend(backend_name)
+    mean = torch.tensor([[[0.0012], [0.0010]]], dtype=torch.float64)
+    logvar = torch.tensor([[[0.2674], [-0.3976]]], dtype=torch.float64)
+    x = torch.zeros(1, requires_grad=True)
+    g = torch.tensor([[0.7, -0.3]], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(fastvae.gaussian_log_likelihood(mean, logvar, x), x, g)
+    exact = (g.unsqueeze(-1) * (mean - 0.0) * torch.exp(-logvar)).sum()  # d/dx = -(x - m) e^-lv, per row
+    assert grad.dtype == torch.float32
+    assert grad.item() == exact.float().item()  # the float64 sum, rounded once
