@@ -22,7 +22,8 @@ Limits (documented in the README):
   told apart from the decoder's and would be reweighted by w_k: don't combine them with DReG.
 - Eager mode only: under ``torch.compile`` autograd nodes do not exist while tracing, so the
   loss raises there. Compile the encoder and decoder and keep ``reparameterize`` + the loss
-  eager, or use ``estimator="iwae"``, which compiles with ``fullgraph=True``.
+  eager, use ``estimator="iwae"``, which compiles with ``fullgraph=True``, or use the step
+  objective :class:`IWAE` below, which owns z and kl and so compiles DReG without a link.
 - One DReG loss per draw of kl (a second one on the same kl raises).
 """
 

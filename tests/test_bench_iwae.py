@@ -58,3 +58,28 @@ def test_tiny_iwae_run_writes_tables(tmp_path):
     for header in (iwae.TIMING_SUMMARY, iwae.VARIANCE_SUMMARY):
         assert "| " + " | ".join(header) + " |" in md
     assert "variance_ratio" in proc.stdout and "x_vs_compile" in proc.stdout
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="dataset-fashion-mnist is not installed")
+def test_fashion_mnist_experiment_runs_and_reports(tmp_path):
+    """bench/iwae_experiment.py on a sliver of the budget: two models, their table and figure."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.iwae_experiment", "--epochs", "0.01", "--eval-examples", "10", "--eval-samples",
+         "20", "--device", "cpu", "--threads", "1", "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
+         "--only", "VAE (K=1)", "--only", "IWAE-DReG (K=50)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(out / "results.csv")
+    assert [r["model"] for r in rows] == ["VAE (K=1)", "IWAE-DReG (K=50)"]
+    for r in rows:
+        assert float(r["log_px"]) < 0 and float(r["log_px_se"]) > 0 and 0 <= int(r["active_units"]) <= 50
+        assert float(r["log_px"]) > float(r["test_elbo"]) - 5.0  # 20 importance samples: tighter than the ELBO
+    assert rows[0]["vs_vae"] == "" and rows[1]["vs_vae"] != ""
+    assert "| model | test log p(x) |" in (out / "report.md").read_text()
+    assert (out / "iwae.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
