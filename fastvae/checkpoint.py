@@ -11,6 +11,14 @@ flipped bits in the file are an error naming it, not a run carried on with corru
 A full disk (or quota, or file-size limit) while writing is an ``OSError`` saying so and
 naming the file.
 
+Every file fastvae writes goes through :func:`atomic_write`: the new content is written to
+``.NAME.XXXXXXXX.tmp`` beside ``NAME`` and renamed over it, so readers see the old file or the
+new one, never a part. The file gets the permissions ``open()`` would give it: an existing
+file's mode is kept, a new file's is ``0o666 & ~umask``. The writer holds an exclusive
+``flock`` on its temporary file until the rename, so :func:`remove_stale_temp_files` can tell a
+file left by a killed writer (unlocked: removed) from one being written right now (locked:
+left alone), whichever process or host is writing it.
+
 >>> save_checkpoint(out_dir / "checkpoint.pt", {"model": model.state_dict(), "step": 10})
 >>> state = load_checkpoint(out_dir / "checkpoint.pt", required={"model": dict, "step": int})
 """
@@ -18,10 +26,15 @@ naming the file.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
-import tempfile
-from collections.abc import Mapping
+import pickle
+import re
+import secrets
+import stat
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,19 +43,73 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+#: ``.NAME.XXXXXXXX.tmp``: the temporary file :func:`atomic_write` writes NAME's content to
+#: (the pattern of ``tempfile.mkstemp`` that earlier fastvae versions used, which it still cleans).
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def lock_file(fd: int, blocking: bool = False) -> bool | None:
+    """An exclusive ``flock`` on ``fd``: True when this process now holds it, False when another
+    process does (not ``blocking``), None when the file system has no locks (NFS without a lock
+    daemon): then nothing can be told about the file's writer."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+            return None
+        raise
+
+
+def same_file(path: str | os.PathLike, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named, opened = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, locked temporary file beside ``path`` with the mode ``open(path, "w")`` would give."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # an existing file keeps its permissions
+    except FileNotFoundError:
+        mode = None
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # the umask applies
+        lock_file(fd, blocking=True)  # None (no locks here): written unlocked, and never cleaned
+        if same_file(tmp, fd):  # a cleaner cannot have taken it between the create and the lock
+            break
+        os.close(fd)
+    if mode is not None:
+        os.fchmod(fd, mode)
+    return fd, tmp
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
+
+    ``mode``: ``"wb"`` or ``"w"`` (text, UTF-8). The file's permissions are those ``open()``
+    gives (see the module docs); the temporary file is locked until the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
-        with os.fdopen(fd, mode) as f:
+        fd, tmp = _create_temp(path)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_name, path)
+            os.replace(tmp, path)  # while still locked: a cleaner never sees it unlocked before this
+            tmp = None
     except BaseException as exc:
-        Path(tmp_name).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         full = storage_exhausted(exc, f"writing {path}; the previous file, if any, is intact")
         if full is not None:
             raise full from None
@@ -53,6 +120,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     finally:
         os.close(dir_fd)
     return path
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files that killed writers of ``names`` left in ``directory`` (see the
+    module docs); returns them. Only fastvae's own temporary names are touched, and only files
+    no process holds locked (one being written now is left alone)."""
+    directory, names = Path(directory), set(names)
+    removed = []
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = TEMP_NAME.match(entry)
+        if match is None or match.group("name") not in names:
+            continue
+        candidate = directory / entry
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone already, or not a file we may open: leave it
+        try:
+            if (stat.S_ISREG(os.fstat(fd).st_mode) and lock_file(fd) is True
+                    and same_file(candidate, fd)):  # under the lock the name cannot move
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 # errno values that mean "the storage is exhausted", as the error messages put them
@@ -123,6 +221,17 @@ def save_checkpoint(
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (not torch's advice to load
+    the file with ``weights_only=False``, which would run whatever code a crafted file holds)."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+        return "it holds Python objects other than tensors and plain values; fastvae does not load those, as " \
+               "loading them could run code"
+    first = " ".join(str(exc).split())
+    first = first[:first.find(". ") + 1] if ". " in first else first
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, corrupt, or missing an entry."""
 
@@ -168,9 +277,11 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint at {path}")
     tail = f"; {remedy}" if remedy else ""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles: the error below says what matters
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable fastvae checkpoint ({type(exc).__name__}: {exc}){tail}") from None
+        raise CheckpointError(f"{path} is not a readable fastvae checkpoint ({_load_failure(exc)}){tail}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a fastvae checkpoint (it holds a {type(state).__name__}){tail}")
     for name in ("model", "config"):

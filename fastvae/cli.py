@@ -8,23 +8,29 @@
     fastvae plot runs/fm2                      # PNGs: ELBO curves, reconstructions, samples, manifold
     torchrun --nproc-per-node 4 -m fastvae train --device cuda ...
 
-Bad flags, missing files and bad data end in one line on stderr and a non-zero exit
-(FASTVAE_DEBUG=1 shows the traceback instead).
+Every failure ends in one line on stderr and a non-zero exit (FASTVAE_DEBUG=1 shows the
+traceback instead): 2 for a bad flag or flag value (its message is the one the Python API
+gives for that setting), 1 for missing or bad files and data, settings that do not fit
+together or a run that cannot go on, 130 when stopped by SIGINT/SIGTERM (after a checkpoint).
+What the commands print on stdout is strict JSON (non-finite numbers as ``null``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import decimal
 import json
-import math
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .json_output import to_json
 from .models.config import ARCHS
-from .settings import flag_of, settings_fields, value_type
+from .settings import check_value, flag_of, label, settings_fields, value_type
 from .train_config import TrainConfig
 
 EXIT_ERROR = 1
@@ -36,61 +42,80 @@ class _OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: 'fastvae: error: ...'."""
 
     def error(self, message: str):
+        # argparse says "argument --x: MESSAGE"; a setting's own message already starts with its flag
+        named = re.match(r"argument (\S+): (.*)", message, re.S)
+        if named and named.group(2).startswith(named.group(1) + " "):
+            message = named.group(2)
+        message = " ".join(message.split())
         sys.stderr.write(f"fastvae: error: {message} (see: {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
-def _number_parser(kind: type, lowest: float, inclusive: bool, what: str):
-    """An argparse ``type=`` that parses ``kind`` and requires a finite value above ``lowest``."""
+def _parse_int(text: str) -> int:
+    """An integer as people type it: ``1000000``, ``1_000_000`` or ``1e6`` (exactly an integer)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        raise ValueError from None
+    if not value.is_finite() or value.adjusted() > 40:  # more digits than any setting holds: not worth int()
+        raise ValueError("too large" if value.is_finite() else "")
+    if value != value.to_integral_value():
+        raise ValueError
+    return int(value)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse ``type=`` for a count of the eval/plot commands."""
+    try:
+        value = _parse_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    """``--model-args``: a JSON object (ValueError saying what the text is instead)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at character {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"that is a JSON {type(value).__name__.replace('dict', 'object')}, not an object "
+                         "such as '{\"width\": 64}'")
+    return value
+
+
+def _value_parser(f: dataclasses.Field, owner: type, prefix: str = ""):
+    """The argparse ``type=`` of a setting: the text as the setting's kind, then the setting's
+    own check (:func:`fastvae.settings.check_value`), so a bad value gets the message the
+    Python API gives."""
+    kind, _ = value_type(f, owner)
+    name = label(f, prefix)
+    read = {dict: _json_object, int: _parse_int, float: float}.get(kind, str)
+    noun = {dict: "a JSON object", int: "an integer", float: "a number"}.get(kind, "a string")
 
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        in_range = value >= lowest if inclusive else value > lowest
-        if not in_range or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
+            value = read(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name} must be {noun}, got {text!r}"
+                                             + (f": {exc}" if str(exc) else "")) from None
+        try:
+            return check_value(name, value, f, owner)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 
 
-_positive_int = _number_parser(int, 1, True, "a positive integer")
-
-
-def _json_object(text: str) -> dict:
-    """An argparse ``type=`` for ``--model-args``: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hidden\": 64}}', got {text!r}")
-    return value
-
-
-def _value_parser(f: dataclasses.Field, owner: type):
-    """The argparse ``type=`` of a setting: its kind, and its lower bound if it has one."""
-    kind, _ = value_type(f, owner)
-    if kind is dict:
-        return _json_object
-    if kind not in (int, float):
-        return str
-    lowest, inclusive = (f.metadata["minimum"], True) if f.metadata.get("minimum") is not None else \
-        (f.metadata.get("above"), False)
-    if lowest is None:
-        return _number_parser(kind, -math.inf, False, "an integer" if kind is int else "a finite number")
-    if kind is int:
-        what = "a positive integer" if lowest == 1 else f"an integer >= {lowest:g}"
-        if lowest == 0:
-            what = "a non-negative integer"
-        return _number_parser(int, lowest, inclusive, what)
-    what = "a positive finite number" if lowest == 0 and not inclusive else "a non-negative finite number"
-    return _number_parser(float, lowest, inclusive, what)
-
-
-def _add_setting(target, f: dataclasses.Field, owner: type, default, help_default: str | None = None) -> None:
+def _add_setting(target, f: dataclasses.Field, owner: type, default, help_default: str | None = None,
+                 prefix: str = "") -> None:
     """One flag for setting ``f`` of ``owner``, from its declaration."""
     kind, _ = value_type(f, owner)
     meta = f.metadata
@@ -100,12 +125,12 @@ def _add_setting(target, f: dataclasses.Field, owner: type, default, help_defaul
         target.add_argument(flag_of(f), dest=f.name, action="store_true", default=default, help=help_text)
         return
     metavar = None if meta.get("choices") else flag_of(f).lstrip("-").upper().replace("-", "_")
-    target.add_argument(flag_of(f), dest=f.name, type=_value_parser(f, owner), choices=meta.get("choices"),
+    target.add_argument(flag_of(f), dest=f.name, type=_value_parser(f, owner, prefix), choices=meta.get("choices"),
                         default=default, metavar=metavar, help=help_text.replace("%", "%%"))
 
 
 #: Settings that exclude each other on the command line (argparse says so in one line).
-_EXCLUSIVE = (("epochs", "samples"),)
+_EXCLUSIVE = (("epochs", "samples"), ("resume", "overwrite"))
 
 
 def _arch_fields() -> dict[str, tuple[dataclasses.Field, type]]:
@@ -140,7 +165,7 @@ def _add_train(sub) -> None:
     arch = p.add_argument_group("architecture (--arch) settings")
     for name, (f, owner) in _arch_fields().items():
         per_arch = ", ".join(f"{a} {getattr(cls(), name)}" for a, cls in ARCHS.items() if hasattr(cls(), name))
-        _add_setting(arch, f, owner, None, per_arch)
+        _add_setting(arch, f, owner, None, per_arch, prefix="model.")
 
 
 def _add_eval(sub) -> None:
@@ -204,11 +229,12 @@ def _run(args: argparse.Namespace) -> int:
                    "train_elbo": result.train_elbo, "test_elbo": result.test_elbo,
                    "samples_per_s": result.samples_per_s, "wall_time_s": result.wall_time_s,
                    "threads": result.threads}
-        print(json.dumps(summary))
+        print(to_json(summary))
     elif args.command == "eval":
         from .runs import evaluate_run
 
-        print(json.dumps(evaluate_run(args.run_dir, n_samples=args.samples, n_examples=args.examples, device=args.device)))
+        print(to_json(evaluate_run(args.run_dir, n_samples=args.samples, n_examples=args.examples,
+                                   device=args.device)))
     elif args.command == "plot":
         from .plots import plot_run
 
@@ -221,19 +247,48 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Errors that are about the user's input, files or machine: their message is the one line shown.
+_EXPECTED = (ValueError, TypeError, RuntimeError, OSError, ImportError, ArithmeticError, MemoryError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n", 1)[0].split())
+    return text or type(exc).__name__
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+    """fastvae's own warnings as one line, ``fastvae: warning: ...``; others as Python shows them."""
+    if not Path(filename).resolve().is_relative_to(_PACKAGE):
+        return _default(message, category, filename, lineno, file, line)
+    (file or sys.stderr).write(f"fastvae: warning: {_one_line(message)}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastvae`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("default", UserWarning)  # each shown once per command
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt as exc:
-        sys.stderr.write(f"fastvae: {exc or 'interrupted'}\n")
+        sys.stderr.write(f"fastvae: {_one_line(exc) if str(exc) else 'interrupted'}\n")
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
+    except Exception as exc:  # one line, whatever it is; FASTVAE_DEBUG=1 for the traceback
         if os.environ.get("FASTVAE_DEBUG") == "1":
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        sys.stderr.write(f"fastvae: error: {message}\n")
+        if isinstance(exc, _EXPECTED):
+            sys.stderr.write(f"fastvae: error: {_one_line(exc)}\n")
+        else:  # a bug: say so, still in one line
+            sys.stderr.write(f"fastvae: internal error: {type(exc).__name__}: {_one_line(exc)} (FASTVAE_DEBUG=1 "
+                             "shows the traceback; please report it)\n")
         return EXIT_ERROR
 
 

@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
 from .distributed import setup_process_group
 from .evaluation import ACTIVE_UNIT_THRESHOLD, dataset_elbo, dataset_log_px_stats, posterior_diagnostics
 from .models import build_model, class_path
 from .models.interface import construct
 from .train_config import TrainConfig
-from .train_state import EVALUATION_ENTRIES
+from .run_dir import recover_interrupted_overwrite
+from .train_state import EVALUATION_ENTRIES, load_model_state, missing_checkpoint
 
 
 @dataclass
@@ -81,14 +82,20 @@ def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None 
     """The run in ``run_dir`` with its trained weights (``model``: an instance of its class to load
     them into, for a model that cannot be rebuilt from its class path)."""
     run_dir = Path(run_dir)
+    recover_interrupted_overwrite(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    state = load_checkpoint(run_dir, required=EVALUATION_ENTRIES)
-    config = TrainConfig.from_dict(state["config"])
+    path = run_dir / CHECKPOINT_NAME
+    missing_checkpoint(path)
+    state = load_checkpoint(path, required=EVALUATION_ENTRIES)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the run's settings in it are not valid: {exc}") from None
     torch_device = setup_process_group(device).device
     dataset = load_dataset(config.data, test=config.test_data)
     model = _rebuild(state, config, dataset, model)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"], str(path))
     model.to(torch_device).eval()
     return Run(config, model, dataset, int(state["step"]), torch_device)
 

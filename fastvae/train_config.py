@@ -9,6 +9,11 @@ choices and help come from these declarations (:mod:`fastvae.settings`), and so 
 >>> cfg = TrainConfig(data="digits", model=MLPConfig(latent_dim=2), epochs=5, out="runs/demo")
 >>> cfg.model.latent_dim
 2
+
+Every value is checked when the config is made (and again when ``train`` starts, so a field
+changed afterwards is caught too): types, finiteness, limits and the int64 range, with a
+one-line error naming the setting by flag and field (``--epochs (epochs) must be a finite
+number > 0, got inf``), the same message the CLI gives for the flag.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ OBJECTIVES = ("elbo", "iwae")
 BINARIZATIONS = ("auto", "dynamic", "threshold", "none")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "step")
 DEVICES = ("auto", "cpu", "cuda")
+#: More intra-op threads than any CPU has cores (torch would start them all, each an OS thread).
+MAX_THREADS = 1024
 DEFAULT_LR = {"adagrad": 0.02, "adam": 1e-3}
 #: Training length when neither epochs nor samples is given: about a minute on the digits on a CPU.
 DEFAULT_SAMPLES = 2_000_000
+#: The longest run, in training examples processed: sample counts stay exact in float64
+#: (metrics.csv readers, plots) and step x global batch in int64.
+MAX_TRAINING_SAMPLES = 2**53
 #: Settings of checkpoints written before the model config moved into ``model`` (fastvae 0.1).
 _V1_MODEL_KEYS = ("latent_dim", "hidden_dim", "depth", "activation", "decoder_variance", "squash_mean", "init")
 
@@ -47,7 +57,7 @@ class TrainConfig:
                             "auto = dynamic for bernoulli", choices=BINARIZATIONS)
     memory_budget_mb: Optional[float] = setting(
         None, "stream the data from a memory map when it is larger than this (default: fits in device memory)",
-        above=0, resume="free")
+        above=0, maximum=2**43, resume="free")  # 2**43 MiB = 2**63 bytes
     # model
     model: Optional[ModelConfig] = setting(None, "fastvae's architecture (default MLPConfig(); None with model_class)",
                                            cli=False)
@@ -67,9 +77,10 @@ class TrainConfig:
     kl_warmup: int = setting(0, "steps over which the KL weight rises linearly from 0 to beta", minimum=0)
     # optimisation
     batch_size: int = setting(100, "minibatch size M per process (the global batch is M x processes)", minimum=1)
-    epochs: Optional[float] = setting(None, "passes over the training set", above=0, resume="free")
+    epochs: Optional[float] = setting(None, "passes over the training set", above=0, maximum=MAX_TRAINING_SAMPLES,
+                                      resume="free")
     samples: Optional[int] = setting(None, "training examples to process in total (default: 2,000,000 when "
-                                     "neither is given)", minimum=1, resume="free")
+                                     "neither is given)", minimum=1, maximum=MAX_TRAINING_SAMPLES, resume="free")
     optimizer: str = setting("adagrad", "adagrad (the paper's) or adam", choices=OPTIMIZERS)
     lr: Optional[float] = setting(None, "step size (default: 0.02 Adagrad, 1e-3 Adam)", above=0)
     weight_decay: Optional[float] = setting(None, "L2 weight decay (default: 1/N_train, the paper's N(0, I) "
@@ -84,10 +95,13 @@ class TrainConfig:
                            choices=COMPILE_MODES, resume="free")
     threads: Optional[int] = setting(None, "CPU intra-op threads (default: 1 for models too small to gain "
                                      "from threads, else the cores not busy with other work)",
-                                     minimum=1, resume="free")
+                                     minimum=1, maximum=MAX_THREADS, resume="free")
     # bookkeeping
     out: str = setting("runs/fastvae", "output directory", resume="free")
     resume: bool = setting(False, "continue exactly from OUT/checkpoint.pt", resume="free")
+    overwrite: bool = setting(False, "replace the run already in OUT (without it, or --resume, an existing run is "
+                              "refused); the old run stays intact until the new one writes its first checkpoint",
+                              resume="free")
     log_every: int = setting(50, "steps between metrics rows", minimum=1, resume="free")
     progress_every: float = setting(30.0, "seconds between progress lines when the output is not a terminal "
                                     "(a terminal gets a progress bar)", above=0, resume="free")
@@ -99,15 +113,25 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model is None and self.model_class is None:
             self.model = MLPConfig()
+        self.check()
+
+    def check(self) -> None:
+        """Validate every setting (``ValueError``/``TypeError`` naming it); ``train`` calls it again."""
         if self.model is not None and self.model_class is not None:
             raise ValueError("give model (a built-in architecture) or model_class (your own), not both")
+        if self.model is None and self.model_class is None:
+            raise ValueError("give model (a built-in architecture) or model_class (your own)")
         if self.model is not None and not isinstance(self.model, (MLPConfig, ConvConfig)):
             raise TypeError(f"model must be an MLPConfig or a ConvConfig, got {type(self.model).__name__}")
+        if self.model is not None:
+            self.model.__post_init__()  # again: its fields may have been changed since it was made
         if self.model_args and self.model_class is None:
             raise ValueError("model_args are the arguments of model_class; give model_class too")
         validate(self)
         if self.epochs is not None and self.samples is not None:
             raise ValueError("give epochs or samples, not both")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
         if self.objective == "iwae" and (self.beta != 1.0 or self.kl_warmup):
             raise ValueError("the IWAE bound has no KL weight: --objective iwae needs --beta 1 and --kl-warmup 0")
         if self.binarize in ("dynamic", "threshold") and self.likelihood != "bernoulli":
@@ -142,6 +166,10 @@ class TrainConfig:
         if isinstance(values.get("model"), dict):
             values["model"] = model_config_from_dict(values["model"])
         return cls(**values)
+
+
+#: Fields that say what to do with the run in ``out`` rather than how to compute it.
+RUN_ACTIONS = ("resume", "overwrite")
 
 
 def may_change_on_resume() -> list[str]:

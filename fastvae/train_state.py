@@ -13,15 +13,15 @@ does not; the ``resume="free"`` ones (length, logging, device, threads ...) may 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .json_output import to_json
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require_entries
 from .settings import computation_settings, flag_of, free_settings, settings_fields
-from .train_config import TrainConfig
+from .train_config import RUN_ACTIONS, TrainConfig
 
 #: 2: the model config nested in the run's config, noise a function of (seed, step). 1 (no
 #: "format" entry): fastvae 0.1 — evaluable and plottable, not resumable.
@@ -67,6 +67,11 @@ def _flag_for(dotted: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _changeable_flags() -> list[str]:
+    """The flags of the settings a resumed run may change (not the actions --resume / --overwrite)."""
+    return [flag_of(f) for f in free_settings(TrainConfig) if f.name not in RUN_ACTIONS]
+
+
 def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_size: int,
                     model_class: str) -> None:
     """``ValueError`` naming the setting (flag and field) when ``cfg`` may not resume ``state``."""
@@ -80,15 +85,18 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
         require_entries(state, CHECKPOINT_ENTRIES, str(path))
     except CheckpointError as exc:
         raise CheckpointError(f"--resume: {exc}; {RESUME_REMEDY}") from None
-    saved_cfg = TrainConfig.from_dict(state["config"])
+    try:
+        saved_cfg = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"--resume: {path}: the run's settings in it are not valid ({exc}); "
+                              f"{RESUME_REMEDY}") from None
     saved, now = computation_settings(saved_cfg), computation_settings(cfg)
     first = ("model_class", "model.arch")  # a different model first, then its settings
     for name in sorted(set(saved) | set(now), key=lambda n: (n not in first, first.index(n) if n in first else 0, n)):
         if saved.get(name) != now.get(name):
             raise ValueError(
                 f"--resume: {_flag_for(name)} ({name}) is {now.get(name)!r} but the checkpoint in {path} was "
-                f"trained with {saved.get(name)!r}; only {', '.join(flag_of(f) for f in free_settings(TrainConfig))} "
-                "may change"
+                f"trained with {saved.get(name)!r}; only {', '.join(_changeable_flags())} may change"
             )
     if state.get("model_class") != model_class:
         raise ValueError(f"--resume: the model is a {model_class} but {path} holds a {state.get('model_class')}")
@@ -100,7 +108,43 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
 def read_resume_state(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
     """The checkpoint ``--resume`` continues from (``FileNotFoundError`` naming it if missing)."""
     path = Path(cfg.out) / CHECKPOINT_NAME
+    missing_checkpoint(path, resume=True)
     return load_checkpoint(path, remedy=f"--resume cannot continue from it: {RESUME_REMEDY}"), path
+
+
+def missing_checkpoint(path: Path, resume: bool = False) -> None:
+    """``FileNotFoundError`` saying why ``path`` (a run's checkpoint) is not there, if it is not."""
+    if path.is_file():
+        return
+    run, command = path.parent, "--resume: " if resume else ""
+    if not run.is_dir():
+        raise FileNotFoundError(f"{command}the run directory {run} does not exist")
+    if any((run / name).exists() for name in ("config.json", "metrics.csv")):
+        hint = "; start it again with --overwrite" if resume else ""
+        raise FileNotFoundError(f"{command}no checkpoint in {run} yet: the run stopped (or is still) before its "
+                                f"first checkpoint, written every --checkpoint-every steps and at the end{hint}")
+    raise FileNotFoundError(f"{command}{run} holds no fastvae run (no {CHECKPOINT_NAME})")
+
+
+def load_model_state(model: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
+    """``model.load_state_dict(weights)``, a one-line ``ValueError`` naming ``where`` and the first
+    missing, unexpected or mis-shaped weights when they do not fit the model."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in weights]
+    unexpected = [k for k in weights if k not in mine]
+    reshaped = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+                if k in weights and isinstance(weights[k], torch.Tensor) and weights[k].shape != v.shape]
+    problems = [f"{what}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                for what, names in (("missing", missing), ("unexpected", unexpected),
+                                    ("shape (checkpoint vs model)", reshaped)) if names]
+    if problems:
+        raise ValueError(f"{where}: the weights do not fit the {type(model).__name__} built from the run's settings "
+                         f"({'; '.join(problems)}): a checkpoint of another model, or the model's code changed")
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: the weights do not load into the {type(model).__name__}: "
+                         f"{' '.join(str(exc).split())}") from None
 
 
 def model_metadata(cfg: TrainConfig, model_class: str, example_shape: tuple[int, ...]) -> dict[str, str]:
@@ -108,4 +152,4 @@ def model_metadata(cfg: TrainConfig, model_class: str, example_shape: tuple[int,
     checkpoint (the class, its config or arguments, the example shape and the likelihood)."""
     model_config = {"class": model_class, "example_shape": list(example_shape), "likelihood": cfg.likelihood,
                     **({"config": cfg.to_dict()["model"]} if cfg.model is not None else {"args": cfg.model_args})}
-    return {"model_config": json.dumps(model_config), "config": json.dumps(cfg.to_dict())}
+    return {"model_config": to_json(model_config), "config": to_json(cfg.to_dict())}

@@ -18,9 +18,9 @@ with batch M compute what one process with batch N*M computes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,21 @@ from .data import Dataset, load_dataset
 from .data.seeding import derive_seed
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
 from .evaluation import dataset_elbo, posterior_diagnostics
-from .metrics_log import MetricsLog
+from .json_output import to_json
+from .metrics_log import MetricsLog, read_metrics
 from .models import MODEL_CLASSES, build_model, check_vae_model, class_path
+from .models.interface import check_model_outputs
 from .models.interface import construct
 from .progress import Progress
+from .run_dir import RunDirectory
 from .runs import held_out_tensor
 from .iwae import IWAE
 from .step import ELBO, Noise, Objective
 from .stop_signals import StopRequests
 from .threads import choose_threads, step_flops
-from .train_config import DEFAULT_SAMPLES, TrainConfig
-from .train_state import CHECKPOINT_ENTRIES, CHECKPOINT_FORMAT, check_resumable, model_metadata, read_resume_state
+from .train_config import DEFAULT_SAMPLES, MAX_TRAINING_SAMPLES, TrainConfig
+from .train_state import (CHECKPOINT_ENTRIES, CHECKPOINT_FORMAT, check_resumable, load_model_state, model_metadata,
+                          read_resume_state)
 from .train_step import ObjectiveModule, TrainStep, make_optimizer
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "make_objective", "total_steps", "train"]
@@ -58,21 +62,34 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """What a run reached. ``train_elbo``: the mean over the last logging window (None when this
+    call trained no step and the run has no metrics row); ``samples_per_s``: that window's rate
+    (None when this call trained nothing)."""
+
     out_dir: Path
     steps: int
     samples_seen: int
-    train_elbo: float
+    train_elbo: float | None
     test_elbo: float | None
-    samples_per_s: float
+    samples_per_s: float | None
     wall_time_s: float
     threads: int = 1
 
 
 def total_steps(cfg: TrainConfig, n_train: int, global_batch: int) -> int:
+    """The run's length in steps; ``ValueError`` naming the setting if it is longer than
+    :data:`~fastvae.train_config.MAX_TRAINING_SAMPLES` training examples."""
     if cfg.epochs is not None:
-        return max(1, math.ceil(cfg.epochs * (n_train // global_batch)))
-    samples = cfg.samples if cfg.samples is not None else DEFAULT_SAMPLES
-    return max(1, math.ceil(samples / global_batch))
+        steps = max(1, math.ceil(cfg.epochs * (n_train // global_batch)))
+        setting = f"--epochs (epochs) {cfg.epochs:g} x {n_train // global_batch} steps per epoch"
+    else:
+        samples = cfg.samples if cfg.samples is not None else DEFAULT_SAMPLES
+        steps = max(1, math.ceil(samples / global_batch))
+        setting = f"--samples (samples) {samples}"
+    if steps * global_batch > MAX_TRAINING_SAMPLES:
+        raise ValueError(f"{setting} is {steps * global_batch:.3g} training examples, more than fastvae counts "
+                         f"exactly (2**53); ask for fewer")
+    return steps
 
 
 def make_objective(cfg: TrainConfig) -> Objective:
@@ -104,11 +121,12 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------
     def __init__(self, cfg: TrainConfig, group: ProcessGroupInfo, dataset: Dataset, model: nn.Module | None = None,
-                 resume_from: dict[str, Any] | None = None):
+                 resume_from: dict[str, Any] | None = None, run_dir: RunDirectory | None = None):
         cfg = run_config(cfg, model)
         self.cfg, self.group, self.dataset = cfg, group, dataset
         self.device = group.device
-        self.out_dir = Path(cfg.out)
+        self.run_dir = run_dir  # rank 0's (None on the other ranks: they write nothing)
+        self.out_dir = run_dir.write_dir if run_dir is not None else Path(cfg.out)  # a staged --overwrite's, then cfg.out
         self.n_train, self.example_shape = int(dataset.train.shape[0]), tuple(dataset.example_shape)
         self.global_batch = cfg.batch_size * group.world_size
         if self.n_train < self.global_batch:
@@ -133,6 +151,8 @@ class Trainer:
             model = build_model(cfg.model, self.example_shape, cfg.likelihood)
         self.model, self.model_class = model.to(self.device), class_path(model)
         example = dataset.tensor("train", self.device, limit=1, shaped=True)
+        check_model_outputs(self.model, example, cfg.likelihood,
+                            f"--model {self.model_class}" if cfg.model is None else f"--arch {cfg.model.arch}")
         if self.device.type == "cpu":  # threads for the work and the machine (fastvae.threads)
             self.threads = choose_threads(cfg.threads, step_flops(self.model, example, cfg.batch_size))
             torch.set_num_threads(self.threads)
@@ -188,7 +208,7 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's state (already checked by :func:`check_resumable`)."""
-        self.model.load_state_dict(state["model"])
+        load_model_state(self.model, state["model"], f"--resume: {Path(self.cfg.out) / CHECKPOINT_NAME}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng_torch"])
@@ -204,8 +224,8 @@ class Trainer:
         self.metrics = MetricsLog(self.out_dir / "metrics.csv")
         if self.group.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out_dir / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2)), "w")
-            self.metrics.start(self.step if cfg.resume else None)
+            self.metrics.start(self.step if cfg.resume else None)  # first: a bad metrics file stops before any write
+            atomic_write(self.out_dir / "config.json", lambda f: f.write(to_json(cfg.to_dict(), indent=2)), "w")
         self.last_good = self.step if cfg.resume else None
         self.t0 = time.perf_counter()
         self.window_start, self.window_steps = self.t0, 0
@@ -261,6 +281,8 @@ class Trainer:
         if bad_step >= 0:
             where = (f"the last good checkpoint (step {self.last_good}) is intact in {self.out_dir}"
                      if self.last_good is not None else "no checkpoint was written yet")
+            if self.run_dir is not None and self.run_dir.staging is not None:
+                where += f"; the run it was to replace is intact in {self.run_dir.path}"
             raise NonFiniteLossError(f"non-finite loss at step {int(bad_step)}; stopping: {where}")
         return stop > 0, loss_sum
 
@@ -284,8 +306,20 @@ class Trainer:
         self.window_start, self.window_steps = time.perf_counter(), 0
 
     def save(self) -> None:
+        """Write a checkpoint; the first one of an ``--overwrite`` then puts the new run in place
+        of the old one (:meth:`RunDirectory.commit`)."""
         if self.group.is_main:
-            save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.checkpoint_state(), required=CHECKPOINT_ENTRIES)
+            try:
+                save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.checkpoint_state(), required=CHECKPOINT_ENTRIES)
+            except OSError as exc:
+                if self.run_dir is None or self.run_dir.staging is None:
+                    raise
+                error = OSError(f"{exc}; the run --overwrite was to replace is intact in {self.run_dir.path}")
+                error.errno = exc.errno
+                raise error from None
+            if self.run_dir is not None and self.run_dir.staging is not None:
+                self.out_dir = self.run_dir.commit()
+                self.metrics.path = self.out_dir / "metrics.csv"
         barrier(self.group)
 
     # -- export and evaluate ----------------------------------------------------------------
@@ -309,6 +343,27 @@ class Trainer:
         return TrainResult(self.out_dir, self.step, self.step * self.global_batch, self.train_elbo, self.test_elbo,
                            self.rate, self.wall_before + time.perf_counter() - self.t0, self.threads)
 
+    def already_done(self) -> TrainResult:
+        """The result of a resumed run that is already as long as asked (or longer): nothing is
+        trained; a warning says so and how to ask for more; the weights are exported again if
+        the run reached its length (a run killed after its last checkpoint lacks them)."""
+        length = (f"--epochs {self.cfg.epochs:g}" if self.cfg.epochs is not None
+                  else f"--samples {self.cfg.samples if self.cfg.samples is not None else DEFAULT_SAMPLES}")
+        relation = "more than" if self.step > self.steps else "the length"
+        warnings.warn(f"{self.cfg.out} already has {self.step} steps ({self.step * self.global_batch} samples), "
+                      f"{relation} {length} asks for ({self.steps} steps): nothing to train; ask for more with "
+                      "--samples or --epochs", stacklevel=3)
+        if self.group.is_main and self.step == self.steps:
+            self.export_weights()
+        train_elbo = None
+        metrics = self.out_dir / "metrics.csv"
+        if metrics.exists():
+            rows = [r for r in read_metrics(metrics) if r["train_elbo"]]
+            train_elbo = float(rows[-1]["train_elbo"]) if rows else None
+        test_elbo = self.evaluate() if self.test_data is not None and self.group.is_main else None
+        return TrainResult(Path(self.cfg.out), self.step, self.step * self.global_batch, train_elbo, test_elbo, None,
+                           self.wall_before, self.threads)
+
 
 def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | None = None) -> TrainResult:
     """Train a VAE as ``cfg`` says; returns the final metrics.
@@ -324,9 +379,13 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
 
     >>> train(TrainConfig(data="fashion-mnist", epochs=10, out="runs/mine"), model=MyVAE())
     """
+    cfg.check()  # again: a field may have been changed since the config was made
     group = setup_process_group(cfg.device)
     threads_before = torch.get_num_threads()
+    run_dir = RunDirectory(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite) if group.is_main else None
     try:
+        if run_dir is not None:
+            run_dir.open()  # locked; refuses an existing run without resume/overwrite
         state = None
         if cfg.resume:  # refuse a changed setting before loading anything
             state, path = read_resume_state(cfg)
@@ -334,9 +393,13 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
             model_class = recorded.model_class or class_path(MODEL_CLASSES[type(recorded.model)])
             check_resumable(recorded, state, path, group.world_size, model_class)
         dataset = load_dataset(cfg.data, test=cfg.test_data)
-        trainer = Trainer(cfg, group, dataset, model, state)
+        trainer = Trainer(cfg, group, dataset, model, state, run_dir)
+        if cfg.resume and trainer.step >= trainer.steps:
+            return trainer.already_done()
         trainer.run(stop_after)
         return trainer.finish()
     finally:
+        if run_dir is not None:
+            run_dir.close()
         torch.set_num_threads(threads_before)
         teardown_process_group()

@@ -55,9 +55,10 @@ def test_train_on_a_user_npy_file_with_gaussian_likelihood(tmp_path, capsys):
     "argv, message",
     [
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
-        (["train", "--latent", "0"], "--latent: expected a positive integer"),
-        (["train", "--lr", "nan"], "--lr: expected a positive finite number"),
-        (["train", "--likelihood", "poisson"], "invalid choice: 'poisson'"),
+        (["train", "--latent", "0"], "--latent (model.latent_dim) must be an integer >= 1, got 0"),
+        (["train", "--lr", "nan"], "--lr (lr) must be a finite number, got nan"),
+        (["train", "--likelihood", "poisson"], "--likelihood (likelihood) must be one of bernoulli, "
+                                               "continuous_bernoulli, gaussian, got 'poisson'"),
         (["train", "--epochs", "1", "--samples", "10"], "not allowed with argument"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
@@ -212,4 +213,4 @@ def test_model_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
 def test_model_args_must_be_a_json_object(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "a:B", "--model-args", "[1, 2]"])
-    assert "--model-args: expected a JSON object" in capsys.readouterr().err
+    assert "--model-args (model_args) must be a JSON object, got '[1, 2]'" in capsys.readouterr().err

@@ -14,6 +14,10 @@ from fastvae.paper.report import orderings
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def test_tiny_budget_end_to_end(tmp_path):
     path = run_paper("tiny", tmp_path, data="digits", log=lambda msg: None)
     assert path == tmp_path / "report.md"
@@ -23,7 +27,7 @@ def test_tiny_budget_end_to_end(tmp_path):
         assert (tmp_path / fig).stat().st_size > 1000
         assert f"({fig})" in text
     assert "## Orderings" in text and "nats/example" in text
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text(), parse_constant=_not_json)  # strict JSON
     assert set(results) >= {"budget", "exp1_binary", "exp1_real", "exp2", "exp3", "exp4", "run"}
     exp2 = results["exp2"]["results"]
     for per in exp2.values():

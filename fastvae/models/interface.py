@@ -57,6 +57,55 @@ def check_vae_model(model: object, where: str = "model") -> nn.Module:
     return model
 
 
+def check_model_outputs(model: nn.Module, example: torch.Tensor, likelihood: str, where: str = "model") -> None:
+    """Run ``encode`` and ``decode`` on two copies of ``example`` (shaped (1, *example_shape)), in
+    eval mode without gradients, and check what they return: ``(mu, logvar)``, two (2, Z)
+    tensors, then logits (or ``(mean, logvar)`` for a Gaussian likelihood) holding 2 x D
+    values. A ``TypeError``/``ValueError`` naming ``where`` and what came back instead. A model
+    that cannot run this way (it raises) is left to fail in training, with its own error."""
+    x = example[:1].expand(2, *example.shape[1:])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                encoded = model.encode(x)
+            except Exception:  # noqa: BLE001 - e.g. a model that needs a whole batch: training will tell
+                return
+            if (not isinstance(encoded, (tuple, list)) or len(encoded) != 2
+                    or not all(isinstance(t, torch.Tensor) for t in encoded)):
+                raise TypeError(f"{where}: encode(x) must return (mu, logvar), two tensors shaped (N, Z); it returned "
+                                f"{_describe(encoded)}")
+            mu, logvar = encoded
+            if mu.dim() != 2 or mu.shape[0] != 2 or mu.shape != logvar.shape:
+                raise ValueError(f"{where}: encode(x) must return mu and logvar shaped (N, Z); for N = 2 examples "
+                                 f"they are {tuple(mu.shape)} and {tuple(logvar.shape)}")
+            try:
+                decoded = model.decode(mu)
+            except Exception:  # noqa: BLE001
+                return
+    finally:
+        model.train(was_training)
+    gaussian = likelihood == "gaussian"
+    mean = decoded[0] if gaussian and isinstance(decoded, (tuple, list)) and len(decoded) == 2 else decoded
+    if not isinstance(mean, torch.Tensor):
+        wanted = "(mean, logvar)" if gaussian else "a logits tensor"
+        raise TypeError(f"{where}: decode(z) must return {wanted} for likelihood={likelihood!r}; it returned "
+                        f"{_describe(decoded)}")
+    if mean.numel() != x.numel():
+        raise ValueError(f"{where}: decode(z) of 2 examples returned {tuple(mean.shape)}, {mean.numel()} values; the "
+                         f"data has {x.numel() // 2} per example ({tuple(example.shape[1:])})")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"one tensor shaped {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: " + ", ".join(
+            f"tensor {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__ for v in value[:3])
+    return f"a {type(value).__name__}"
+
+
 #: The class each built-in architecture's config builds.
 MODEL_CLASSES: dict[type, type] = {MLPConfig: MLPVAE, ConvConfig: ConvVAE}
 
@@ -88,6 +137,9 @@ def import_class(path: str) -> type:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ImportError(f"--model {path!r}: cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:  # the module's own code failed (a SyntaxError, an error at import time)
+        raise ImportError(f"--model {path!r}: importing module {module_name!r} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
     for part in qualname.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"--model {path!r}: module {module_name!r} has no {qualname!r}")
@@ -104,6 +156,9 @@ def construct(path: str, args: dict[str, Any] | None = None) -> nn.Module:
         model = cls(**(args or {}))
     except TypeError as exc:
         raise TypeError(f"--model {path}: constructing it with --model-args {args or {}} failed: {exc}") from exc
+    except Exception as exc:  # whatever the class's __init__ raises, named as its failure
+        raise ValueError(f"--model {path}: constructing it with --model-args {args or {}} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
     return check_vae_model(model, f"--model {path}")
 
 

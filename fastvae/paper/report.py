@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import atomic_write
+from ..json_output import to_json
 from ..plots import image_grid, save_figure
 
 COLORS = {"AEVB": "tab:red", "wake-sleep": "tab:blue", "MCEM": "tab:green"}
@@ -272,7 +273,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     for k, v in info["seconds"].items():
         md.append(f"| {k} | {v:.0f} |")
     md += ["", "## Budget", "", "```", json.dumps(results["budget"], indent=1), "```", ""]
-    text = json.dumps(_jsonable(results), indent=1)
+    text = to_json(_jsonable(results), indent=1)  # strict JSON: a non-finite number is null
     atomic_write(out_dir / "results.json", lambda f: f.write(text), mode="w")
     return atomic_write(out_dir / "report.md", lambda f: f.write("\n".join(md)), mode="w")
 
@@ -284,6 +285,4 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return None  # images live in the PNGs
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
     return obj
