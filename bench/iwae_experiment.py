@@ -69,7 +69,8 @@ def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
                                                             init="torch"),
                       objective=objective, samples_per_example=k, estimator=estimator, optimizer="adam", lr=1e-3,
                       batch_size=100, epochs=args.epochs, seed=0, device=args.device, threads=args.threads,
-                      log_every=100, eval_every=10**9, checkpoint_every=600, eval_examples=1000, out=str(run_dir))
+                      log_every=100, eval_every=10**9, checkpoint_every=600, eval_examples=1000, out=str(run_dir),
+                      overwrite=True)  # a rerun trains afresh (fastvae refuses an existing run otherwise)
     result = train(cfg)
     run = load_run(run_dir, args.device)
     x = run.test_tensor()

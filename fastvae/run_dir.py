@@ -214,6 +214,9 @@ class RunDirectory:
         if Path.cwd().resolve().is_relative_to(self.real):
             raise RunDirectoryError(f"--overwrite cannot replace {self.path}: it holds the current directory; "
                                     "run from outside it")
+        if self.real.stat().st_dev != self.real.parent.stat().st_dev:
+            raise RunDirectoryError(f"--overwrite cannot replace {self.path}: it is a mount point, and the new run is "
+                                    "built beside it; empty it yourself, or choose another --out")
         known = set(RUN_FILES) | set(FIGURE_FILES) | {LOCK_NAME}
         foreign = sorted(name for name in os.listdir(self.real) if name not in known)
         if foreign:

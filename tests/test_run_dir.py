@@ -425,3 +425,23 @@ def test_kill_between_the_two_renames_of_an_overwrite_is_recovered(killed_runs, 
     assert {k: v for k, v in _snapshot(out).items() if k != "model.safetensors"} == \
         {k: v for k, v in before.items() if k != "model.safetensors"}
     assert _leftovers(out) == []
+
+
+def test_overwrite_refuses_a_mount_point(finished_run, tmp_path, capsys):
+    """The new run is built beside DIR, on the parent's file system: a DIR that is a mount point
+    cannot be swapped, so it is refused before anything is written."""
+    out = tmp_path / "mounted"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        for name, data in _snapshot(finished_run).items():
+            (out / name).write_bytes(data)
+        before = _snapshot(out)
+        code, err = _cli(capsys, "train", *TINY, "--out", str(out), "--overwrite")
+        assert code == 1 and err == (f"fastvae: error: --overwrite cannot replace {out}: it is a mount point, and "
+                                     "the new run is built beside it; empty it yourself, or choose another --out\n")
+        assert _snapshot(out) == before and _leftovers(out) == []
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
