@@ -97,13 +97,12 @@ class ELBOLoss(nn.Module):
         return f"likelihood={self.likelihood!r}, reduction={self.reduction!r}, beta={self.beta}"
 
 
-
-def checked_beta(beta: object) -> float | torch.Tensor:
+def checked_beta(beta: object, read_value: bool = True) -> float | torch.Tensor:
     """``beta`` if it is a valid KL weight (a finite number >= 0, or a 0-d floating tensor
     holding one), as a float or the same tensor; ``TypeError``/``ValueError`` otherwise.
 
-    A tensor's value is read here: one host-device sync for a CUDA tensor (not for meta or
-    fake tensors, which hold no value, nor while torch.compile traces).
+    A tensor's value is read here if ``read_value``: one host-device sync for a CUDA tensor
+    (not for meta or fake tensors, which hold no value, nor while torch.compile traces).
     """
     if isinstance(beta, bool) or not isinstance(beta, (numbers.Real, torch.Tensor)):
         raise TypeError(f"beta must be a float or a 0-d tensor, got {type(beta).__name__}")
@@ -116,7 +115,7 @@ def checked_beta(beta: object) -> float | torch.Tensor:
     if beta.dim() != 0:
         raise ValueError(f"beta must be a 0-d tensor, got shape {tuple(beta.shape)}")
     # No value to read for meta/fake tensors, and under torch.compile reading it would break the graph
-    if beta.device.type != "meta" and not isinstance(beta, FakeTensor) and not torch.compiler.is_compiling():
+    if read_value and beta.device.type != "meta" and not isinstance(beta, FakeTensor) and not torch.compiler.is_compiling():
         value = beta.detach().item()  # the host-device sync for a CUDA tensor
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"beta must be a finite, non-negative weight of the KL term, got tensor({value!r})")

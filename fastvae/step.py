@@ -34,6 +34,7 @@ import torch
 
 from .latent import _reparameterize
 from .likelihood import LIKELIHOODS, log_likelihood
+from .loss import checked_beta
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def aevb_objective(
         x: the batch as the data layer stores examples; the likelihood sees it as (M, D) rows.
         noise: the step's :class:`Noise`.
         beta: the KL weight (a float, or a 0-d tensor that may change between steps without
-            recompiling a compiled step). It lives here and nowhere else.
+            recompiling a compiled step). It lives here and nowhere else. Checked: a number or a CPU
+            tensor in full; a device tensor by dtype and shape (its value would cost a host sync).
         likelihood: ``"bernoulli"``, ``"continuous_bernoulli"`` or ``"gaussian"``.
         objective: :class:`ELBO` (default, L = 1) or another :class:`Objective`.
 
@@ -172,6 +174,9 @@ def aevb_objective(
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
+    # a number or a CPU tensor is checked in full; a device tensor's value is not read here (a
+    # host sync every step): check it where it is made (TrainConfig.beta, ELBOLoss(beta=...))
+    checked_beta(beta, read_value=not isinstance(beta, torch.Tensor) or beta.device.type == "cpu")
     m = x.shape[0]
     rows = x.reshape(m, 1, -1)
     mu, logvar = model.encode(x)

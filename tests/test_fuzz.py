@@ -36,7 +36,7 @@ settings.register_profile("long", derandomize=False, **_COMMON)
 PROFILE = os.environ.get("FASTVAE_FUZZ", "ci")
 settings.load_profile(PROFILE)
 # examples per target: (torch path, Triton interpreter)
-EXAMPLES = {"ci": (150, 25), "long": (3000, 300)}[PROFILE]
+EXAMPLES = {"ci": (150, 25), "long": (2000, 200)}[PROFILE]
 
 
 def _examples(backend_name: str) -> int:

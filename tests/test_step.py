@@ -145,3 +145,14 @@ def test_a_decoder_output_of_the_wrong_size_is_refused():
         aevb_objective(Recording("bernoulli"), _x("bernoulli"), Noise.from_int(0), likelihood="poisson")
     with pytest.raises(ValueError, match="samples must be a positive integer"):
         ELBO(0)
+
+
+@pytest.mark.parametrize("beta, error", [(-1.0, ValueError), (float("nan"), ValueError), (torch.tensor(-0.5), ValueError),
+                                         (torch.ones(2), ValueError), (torch.tensor(1), TypeError), ("1", TypeError)])
+def test_a_bad_beta_is_refused_where_it_enters_the_step(beta, error):
+    from fastvae.models import MLPConfig, build_model
+    from fastvae.step import Noise
+
+    model = build_model(MLPConfig(latent_dim=2, hidden_dim=4), (6,), "bernoulli")
+    with pytest.raises(error, match="beta"):
+        aevb_objective(model, torch.rand(3, 6), Noise(torch.tensor([1]), 0), beta)
