@@ -46,6 +46,10 @@ CHECKPOINT_ENTRIES = {
     "rng_torch": torch.Tensor,
     "wall_time_s": float,
 }
+#: Entries written when they apply and checked when present: the CUDA RNG state (CUDA runs) and
+#: the training data's fingerprint (``Dataset.fingerprint``; checkpoints written before fastvae
+#: recorded it have none, and their data is compared by its ``--data`` name instead).
+OPTIONAL_CHECKPOINT_ENTRIES = {"rng_cuda": torch.Tensor, "data_fingerprint": str}
 #: What ``fastvae eval`` / ``plot`` read, which every checkpoint format holds.
 EVALUATION_ENTRIES = {"model": dict, "config": dict, "step": int}
 #: What a user can do with a checkpoint that ``--resume`` cannot use.
@@ -81,8 +85,9 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
             f"is {CHECKPOINT_FORMAT}): its noise stream differs, so it cannot continue exactly; "
             "`fastvae eval` and `fastvae plot` still read it"
         )
+    present = {name: kind for name, kind in OPTIONAL_CHECKPOINT_ENTRIES.items() if name in state}
     try:
-        require_entries(state, CHECKPOINT_ENTRIES, str(path))
+        require_entries(state, {**CHECKPOINT_ENTRIES, **present}, str(path))
     except CheckpointError as exc:
         raise CheckpointError(f"--resume: {exc}; {RESUME_REMEDY}") from None
     try:
@@ -91,6 +96,8 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
         raise CheckpointError(f"--resume: {path}: the run's settings in it are not valid ({exc}); "
                               f"{RESUME_REMEDY}") from None
     saved, now = computation_settings(saved_cfg), computation_settings(cfg)
+    if "data_fingerprint" in state:  # the data is compared by content (check_same_data): a moved file resumes
+        saved.pop("data"), now.pop("data")
     first = ("model_class", "model.arch")  # a different model first, then its settings
     for name in sorted(set(saved) | set(now), key=lambda n: (n not in first, first.index(n) if n in first else 0, n)):
         if saved.get(name) != now.get(name):
@@ -103,6 +110,16 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
     if int(state["world_size"]) != world_size:
         raise ValueError(f"--resume: checkpoint was written by {state['world_size']} processes, "
                          f"this run has {world_size}")
+
+
+def check_same_data(state: dict[str, Any], fingerprint: str | None, path: Path, data: str) -> None:
+    """``ValueError`` when the checkpoint at ``path`` records a training-data fingerprint and the
+    data now loaded (``--data data``) has another: a changed file would silently train on other data."""
+    recorded = state.get("data_fingerprint")
+    if recorded is not None and fingerprint is not None and recorded != fingerprint:
+        raise ValueError(f"--resume: --data {data} holds other training data than {path} was trained on (its rows "
+                         f"hash to {fingerprint[:19]}..., the checkpoint's to {recorded[:19]}...); resume with the "
+                         "data the run was trained on")
 
 
 def read_resume_state(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:

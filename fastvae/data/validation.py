@@ -4,7 +4,8 @@ A sample of rows would miss the one NaN (binarised silently to 0) or the one 1.5
 (Bernoulli with x outside [0, 1]), so the whole file is scanned: in chunks of about
 ``CHUNK_BYTES``, dropping a memory map's pages after each (resident memory stays bounded for a
 file larger than RAM), two numpy reductions (min, max) per chunk, the offending row located
-only in a chunk that has one. The summary is cached per file, keyed by its identity (real
+only in a chunk that has one; the same pass hashes the rows (SHA-256 of their dtype, shape and
+bytes: the data's identity, which ``--resume`` compares). The summary is cached per file, keyed by its identity (real
 path, device, inode, size, mtime) and the rows' dtype and shape, in ``$FASTVAE_CACHE_DIR`` (by
 default ``$XDG_CACHE_HOME/fastvae/data-checks``, i.e. ``~/.cache/fastvae/data-checks``), one
 small JSON file per data file, written atomically; an unwritable cache only costs the rescan.
@@ -30,7 +31,7 @@ from .memory import release_pages
 #: Bytes of rows reduced at a time (a chunk is at least one row).
 CHUNK_BYTES = 64 << 20
 #: Bump when the summary's meaning changes: older cache files are then ignored.
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ValueSummary:
     nonfinite: tuple[int, float] | None = None
     below_zero: tuple[int, float] | None = None
     above_one: tuple[int, float] | None = None
+    digest: str | None = None  # "sha256:<hex>" of every row (None when the scan stopped at a non-finite value)
 
     def require_finite(self, where: str) -> None:
         """``ValueError`` naming ``where``, the row and the value if any value is NaN or infinite."""
@@ -86,8 +88,10 @@ def scan_rows(rows: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> ValueSummary:
     step = max(1, chunk_bytes // max(1, rows[:1].nbytes))
     low, high = math.inf, -math.inf
     below = above = None
+    digest = rows_digest_start(rows)
     for start in range(0, n, step):
         chunk = np.asarray(rows[start:start + step]).reshape(min(step, n - start), -1)
+        digest.update(np.ascontiguousarray(chunk).view(np.uint8).reshape(-1).data)
         if chunk.dtype == np.bool_:
             chunk = chunk.view(np.uint8)
         c_low, c_high = float(chunk.min()), float(chunk.max())  # NaN if any NaN
@@ -103,7 +107,20 @@ def scan_rows(rows: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> ValueSummary:
             above = (start + row, value)
         low, high = min(low, c_low), max(high, c_high)
         release_pages(rows)  # a memory map's pages: dropped after each chunk, resident memory stays flat
-    return ValueSummary(n, low, high, None, below, above)
+    return ValueSummary(n, low, high, None, below, above, "sha256:" + digest.hexdigest())
+
+
+def rows_digest_start(rows: np.ndarray):
+    """A SHA-256 fed with the rows' dtype and shape: feed it their bytes, in order, to identify them."""
+    digest = hashlib.sha256(f"{np.dtype(rows.dtype).str}{tuple(int(s) for s in rows.shape)};".encode())
+    return digest
+
+
+def rows_digest(rows: np.ndarray) -> str:
+    """``"sha256:<hex>"`` of small in-memory rows, as :func:`scan_rows` computes it for a file."""
+    digest = rows_digest_start(rows)
+    digest.update(np.ascontiguousarray(rows).view(np.uint8).reshape(-1).data)
+    return "sha256:" + digest.hexdigest()
 
 
 def _first(chunk: np.ndarray, mask: np.ndarray) -> tuple[int, float]:

@@ -1,0 +1,94 @@
+"""--resume compares the training data by content: a moved (or re-staged) file resumes exactly,
+a changed one is refused naming it; a model whose weights no longer fit is one line."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fastvae.checkpoint import load_checkpoint, save_checkpoint
+from fastvae.models import MLPConfig
+from fastvae.train_config import TrainConfig
+from fastvae.trainer import train
+
+SMALL = dict(model=MLPConfig(latent_dim=2, hidden_dim=16), batch_size=50, samples=1500, log_every=5, eval_every=10,
+             checkpoint_every=10, device="cpu")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    rows = (np.random.default_rng(0).random((400, 12)) > 0.5).astype(np.float32)
+    np.save(tmp_path / "a.npy", rows)
+    return tmp_path / "a.npy", rows
+
+
+def _same_params(a, b):
+    pa, pb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_a_moved_data_file_resumes_exactly(data_file, tmp_path):
+    path, _ = data_file
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(TrainConfig(**SMALL, data=str(path), out=str(full)))
+    train(TrainConfig(**SMALL, data=str(path), out=str(part)), stop_after=10)
+    staged = tmp_path / "node-local" / "copy.npy"  # e.g. copied to a job's $TMPDIR under another name
+    staged.parent.mkdir()
+    shutil.copy(path, staged)
+    path.unlink()
+    train(TrainConfig(**SMALL, data=str(staged), out=str(part), resume=True))
+    assert _same_params(full, part)
+    assert load_checkpoint(part)["config"]["data"] == str(staged)  # evaluation finds it there now
+
+
+def test_changed_data_at_the_same_path_is_refused(data_file, tmp_path):
+    path, rows = data_file
+    out = tmp_path / "run"
+    train(TrainConfig(**SMALL, data=str(path), out=str(out)), stop_after=10)
+    rows[123, 4] = 1.0 - rows[123, 4]  # one value of one row
+    np.save(path, rows)
+    with pytest.raises(ValueError, match=rf"^--resume: --data {path} holds other training data than "
+                                         rf"{out / 'checkpoint.pt'} was trained on \(its rows hash to sha256:"):
+        train(TrainConfig(**SMALL, data=str(path), out=str(out), resume=True))
+    assert load_checkpoint(out)["step"] == 10
+
+
+def test_a_checkpoint_without_a_fingerprint_compares_the_data_by_name(data_file, tmp_path):
+    path, _ = data_file
+    out = tmp_path / "run"
+    train(TrainConfig(**SMALL, data=str(path), out=str(out)), stop_after=10)
+    state = load_checkpoint(out)
+    del state["data_fingerprint"]
+    save_checkpoint(out / "checkpoint.pt", state)
+    moved = tmp_path / "b.npy"
+    shutil.copy(path, moved)
+    with pytest.raises(ValueError, match=r"--resume: --data \(data\) is .*b.npy' but the checkpoint"):
+        train(TrainConfig(**SMALL, data=str(moved), out=str(out), resume=True))
+    train(TrainConfig(**SMALL, data=str(path), out=str(out), resume=True))  # the same name resumes
+    assert load_checkpoint(out)["step"] == 30
+
+
+class Sized(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.enc = nn.Linear(64, 4)
+        self.dec = nn.Sequential(nn.Linear(2, width), nn.Tanh(), nn.Linear(width, 64))
+
+    def encode(self, x):
+        return self.enc(x.flatten(1)).chunk(2, dim=-1)
+
+    def decode(self, z):
+        return self.dec(z)
+
+
+def test_your_model_built_differently_is_named_on_resume(tmp_path):
+    """An instance handed to train() has no recorded arguments: weights that do not fit the new
+    instance are one line naming the first mismatches, not a multi-line load_state_dict error."""
+    cfg = dict(SMALL, model=None, data="digits")
+    train(TrainConfig(**cfg, out=str(tmp_path)), model=Sized(8), stop_after=5)
+    with pytest.raises(ValueError, match=r"^--resume: .*checkpoint.pt: the weights do not fit the Sized built from the "
+                                         r"run's settings \(shape \(checkpoint vs model\): dec.0.weight \(8, 2\) vs "
+                                         r"\(5, 2\), dec.0.bias \(8,\) vs \(5,\), dec.2.weight \(64, 8\) vs \(64, 5\)\)"):
+        train(TrainConfig(**cfg, out=str(tmp_path), resume=True), model=Sized(5))
