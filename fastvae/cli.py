@@ -281,6 +281,11 @@ def _main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         sys.stderr.write(f"fastvae: {_one_line(exc) if str(exc) else 'interrupted'}\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader is gone (`fastvae eval run | head -c 20`): nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        os.close(devnull)
+        return EXIT_ERROR
     except Exception as exc:  # one line, whatever it is; FASTVAE_DEBUG=1 for the traceback
         if os.environ.get("FASTVAE_DEBUG") == "1":
             raise

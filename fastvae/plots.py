@@ -57,9 +57,9 @@ def image_grid(images: np.ndarray, shape: tuple[int, ...], columns: int) -> np.n
 
 def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
     rows = read_metrics(metrics_csv)
-    samples = [float(r["samples_seen"]) for r in rows]
+    train = [(float(r["samples_seen"]), float(r["train_elbo"])) for r in rows if r["train_elbo"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(samples, [float(r["train_elbo"]) for r in rows], label="train (running)")
+    ax.plot(*(zip(*train) if train else ([], [])), label="train (running)")
     test = [(float(r["samples_seen"]), float(r["test_elbo"])) for r in rows if r["test_elbo"]]
     if test:
         ax.plot(*zip(*test), "o-", label="test")

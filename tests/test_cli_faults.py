@@ -29,6 +29,7 @@ from fastvae.cli import build_parser, main
 from fastvae.models.config import ARCHS
 from fastvae.settings import INT64_MAX, flag_of, settings_fields, value_type
 from fastvae.train_config import TrainConfig
+from fastvae.metrics_log import COLUMNS
 from fastvae.train_state import EVALUATION_ENTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +156,21 @@ def test_conflicting_and_malformed_flags_are_usage_errors(capsys, argv, message)
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["eval", "r", "--samples", "0"], "argument --samples: expected a positive integer, got '0'"),
+    (["eval", "r", "--examples", "1.5"], "argument --examples: expected a positive integer, got '1.5'"),
+    (["eval", "r", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["plot"], "the following arguments are required: run_dir"),
+    (["paper", "--out", "p", "--threads", "0"], "--threads must be an integer from 1 to 1024, got '0'"),
+    (["paper", "--out", "p", "--threads", "99999"], "--threads must be an integer from 1 to 1024, got '99999'"),
+    (["paper", "--out", "p", "--device", "bogus"], "--device must be a torch device such as cpu or cuda, got 'bogus'"),
+    (["paper", "--out", "p", "--budget", "huge"], "invalid choice: 'huge'"),
+    (["paper"], "the following arguments are required: --out"),
+])
+def test_bad_flags_of_the_other_commands_are_usage_errors(capsys, argv, message):
+    assert message in _one_line_error(capsys, *argv, code=2)
+
+
+@pytest.mark.parametrize("argv, message", [
     (["--channels", "8"], "--channels does not apply to --arch mlp"),
     (["--model", "x.y:Z", "--latent", "3"], "--latent set fastvae's architectures"),
     (["--objective", "iwae", "--beta", "0.5"], "the IWAE bound has no KL weight"),
@@ -191,12 +207,13 @@ def _data_files(tmp_path):
     with_nan[150, 3] = np.nan
     np.save(tmp_path / "nan.npy", with_nan)
     (tmp_path / "no-idx-files").mkdir()
+    os.mkfifo(tmp_path / "a-fifo")  # nothing writes to it: reading would block forever
     return sorted(p.name for p in tmp_path.iterdir() if p.name != "good.npy")
 
 
 @pytest.mark.parametrize("name", ["garbage.npy", "truncated.npy", "header-only.npy", "empty.npy", "text.csv",
                                   "idx-truncated", "objects.npy", "one-d.npy", "no-rows.npy", "nan.npy",
-                                  "no-idx-files"])
+                                  "no-idx-files", "a-fifo"])
 def test_bad_data_files_are_one_line_naming_the_file(capsys, tmp_path, name):
     data = tmp_path / "data"
     data.mkdir()
@@ -538,3 +555,36 @@ def test_unexpected_errors_are_still_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTVAE_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["train", *TINY, "--out", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("rows", ["", "5,250,,,1000,1,,\n"], ids=["no-rows", "no-train-elbo"])
+def test_plot_draws_a_metrics_file_with_nothing_to_draw_yet(finished_run, capsys, tmp_path, rows):
+    """A run killed before its first metrics row, or rows without a train ELBO (valid rows)."""
+    out = _copy_run(finished_run, tmp_path / "run")
+    (out / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + rows)
+    capsys.readouterr()
+    assert main(["plot", str(out), "--device", "cpu"]) == 0
+    assert (out / "elbo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_reader_that_closes_stdout_early_gets_no_error_message(finished_run, capsys, monkeypatch, tmp_path):
+    """`fastvae eval run | head -c 20`: the broken pipe is not an error to report (nor a second
+    one at exit)."""
+    sink = open(tmp_path / "stdout", "w")
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return sink.fileno()
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["plot", str(_copy_run(finished_run, tmp_path / "run")), "--device", "cpu"]) == 1
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+    sink.close()

@@ -295,6 +295,11 @@ def load_dataset(data: str | os.PathLike = "digits", *, test: str | os.PathLike 
         )
     if test is not None and not Path(test).expanduser().exists():
         raise FileNotFoundError(f"--test-data {os.fspath(test)!r}: no such file")
+    for flag, given in (("--data", path), ("--test-data", None if test is None else Path(test).expanduser())):
+        if given is not None and not (given.is_file() or given.is_dir()):  # a pipe would block, a device never end
+            raise ValueError(f"{flag} {os.fspath(given)!r} is not a regular file or a directory (a pipe or a device?): "
+                             "fastvae reads data files more than once (it checks every row, then maps them); "
+                             "write the data to a file")
     if path.is_dir():
         if test is not None:
             raise ValueError(f"--test-data does not apply to a directory ({spec}): put t10k-images-idx3-ubyte in it")

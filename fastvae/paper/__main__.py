@@ -18,14 +18,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
                    help="tiny: seconds (CI); quick: ~15 min on 2 CPU cores; full: paper-sized, for a GPU (default: quick)")
     p.add_argument("--out", type=Path, required=True, help="output directory for report.md, figures and results.json")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--data", default=None,
                    help="binary dataset: fashion-mnist, digits, a directory of MNIST-format IDX files (e.g. real MNIST), "
                         "or an array file (default: fashion-mnist if installed, else digits)")
     p.add_argument("--real-data", default=None,
                    help="real-valued dataset, e.g. a Frey Face .npy in [0, 1] (default: the embedded digits, dequantised)")
     p.add_argument("--experiments", default="1,2,3,4", help="comma-separated subset of 1,2,3,4 (default: all)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _threads(text: str) -> int:
+    """``--threads``: an integer from 1 to ``MAX_THREADS``."""
+    from ..train_config import MAX_THREADS
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """``--device``: a torch device string for a device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--device must be a torch device such as cpu or cuda, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"--device {text}: no CUDA device is available")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
