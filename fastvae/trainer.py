@@ -39,8 +39,7 @@ from .evaluation import dataset_elbo, posterior_diagnostics
 from .json_output import to_json
 from .metrics_log import MetricsLog, read_metrics
 from .models import MODEL_CLASSES, build_model, check_vae_model, class_path
-from .models.interface import check_model_outputs
-from .models.interface import construct
+from .models.interface import check_model_outputs, construct
 from .progress import Progress
 from .run_dir import RunDirectory
 from .runs import held_out_tensor
@@ -378,6 +377,10 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
         stop_after: end the run after that many steps (counted from the start of training, not
             of this call) as if it had been interrupted there: a later ``resume=True`` run
             continues it exactly.
+
+    ``cfg.out`` is locked for the run (a second trainer on it is refused); a run already there is
+    refused unless ``cfg.resume`` (continue it; one already as long as asked trains nothing and
+    warns) or ``cfg.overwrite`` (replace it, atomically: :mod:`fastvae.run_dir`).
 
     >>> train(TrainConfig(data="fashion-mnist", epochs=10, out="runs/mine"), model=MyVAE())
     """
