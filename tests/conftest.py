@@ -40,7 +40,10 @@ def one_torch_thread():
 
 def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
+    run_slow = "slow" in (config.getoption("-m") or "")  # e.g. pytest -m slow
     for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow (exhaustive) test: select it with -m slow"))
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "interpreter" in item.keywords and not INTERPRETER:
