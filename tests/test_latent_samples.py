@@ -194,3 +194,4 @@ def test_bad_arguments():
         _latent_head(mu, logvar, None, SEED, 0, 0, False)
     with pytest.raises(ValueError, match=r"eps must have shape \(samples, N, Z\)"):
         _latent_head(mu, logvar, torch.zeros(3, 4), torch.zeros(0, dtype=torch.int64), 0, 1, False)
+
