@@ -153,7 +153,9 @@ class Trainer:
         check_model_outputs(self.model, example, cfg.likelihood,
                             f"--model {self.model_class}" if cfg.model is None else f"--arch {cfg.model.arch}")
         if self.device.type == "cpu":  # threads for the work and the machine (fastvae.threads)
-            self.threads = choose_threads(cfg.threads, step_flops(self.model, example, cfg.batch_size))
+            # counting the step's flops costs ~1.4 s the first time (torch's flop counter imports): only without --threads
+            flops = 0.0 if cfg.threads is not None else step_flops(self.model, example, cfg.batch_size)
+            self.threads = choose_threads(cfg.threads, flops)
             torch.set_num_threads(self.threads)
         else:
             self.threads = torch.get_num_threads()

@@ -21,6 +21,7 @@ from fastvae.models import (
     reconstruct,
     sample_prior,
 )
+from fastvae.models import linear as linear_module
 from fastvae.models.linear import uses_onednn
 
 SHAPES = [(28, 28), (32, 32, 3), (64, 64, 3), (7, 5), (1, 1), (9, 13, 2)]
@@ -72,12 +73,26 @@ def test_image_layout_errors_name_the_shape():
         image_layout((3, 32, 32))
 
 
+def test_onednn_matmuls_are_chosen_by_cpu_vendor(monkeypatch):
+    # MKL takes its AVX2 path on AMD CPUs (oneDNN its AVX-512 one); on Intel CPUs MKL is the faster
+    assert linear_module.ONEDNN_MATMULS == (
+        linear_module._ONEDNN and torch.backends.mkl.is_available()
+        and linear_module.cpu_vendor() in ("AuthenticAMD", "HygonGenuine"))
+    monkeypatch.setattr(linear_module, "ONEDNN_MATMULS", False)
+    assert not uses_onednn(torch.randn(2, 3), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "f-linear"])
 @pytest.mark.parametrize("shape", [(128, 784), (5, 7), (2, 3, 7)])
-def test_the_cpu_linear_layer_is_f_linear(shape, one_torch_thread):
+def test_the_cpu_linear_layer_is_f_linear(shape, onednn, one_torch_thread, monkeypatch):
+    # both implementations, whichever this machine's CPU picks
+    if onednn and not linear_module._ONEDNN:
+        pytest.skip("this PyTorch has no oneDNN linear op")
+    monkeypatch.setattr(linear_module, "ONEDNN_MATMULS", onednn)
     torch.manual_seed(0)
     layer = Linear(shape[-1], 11)
     x = torch.randn(*shape, requires_grad=True)
-    assert uses_onednn(x, layer.weight) == torch.backends.mkldnn.is_available()
+    assert uses_onednn(x, layer.weight) == onednn
     y = layer(x)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, [x, layer.weight, layer.bias], g)

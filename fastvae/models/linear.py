@@ -1,15 +1,18 @@
-"""``Linear``: ``nn.Linear`` whose float32 CPU matmuls go through oneDNN instead of the BLAS.
+"""``Linear``: ``nn.Linear`` whose float32 CPU matmuls go through oneDNN on AMD CPUs.
 
-PyTorch's CPU wheels send a float32 ``nn.Linear`` to MKL's sgemm. On AMD CPUs MKL takes its
-AVX2 code path, while oneDNN (also inside PyTorch: its convolutions and ``torch.compile``'s
-CPU linears use it) takes the AVX-512 one: on the 2-core AMD EPYC (Zen 5) this project is
-benchmarked on, a 128x784 @ 784x400 product takes 0.35 ms through oneDNN and 0.74 ms
-through MKL. The three products of a linear layer's step are
+PyTorch's x86 CPU wheels send a float32 ``nn.Linear`` to MKL's sgemm. MKL picks its code path
+by CPU vendor: on an AMD CPU it takes the AVX2 one, while oneDNN (also inside PyTorch: its
+convolutions and ``torch.compile``'s CPU linears use it) takes AVX-512 where the CPU has it.
+On a 2-core AMD EPYC (Zen 5) a 128x784 @ 784x400 product takes 0.35 ms through oneDNN and
+0.74 ms through MKL; on a 2-core Intel Xeon (AVX-512) it is the other way round, 0.95 ms
+through oneDNN and 0.58 ms through MKL (one thread each). So :data:`ONEDNN_MATMULS` is set
+where MKL is the BLAS and the CPU is not Intel's, and ``Linear`` is ``F.linear`` elsewhere.
+The three products of a linear layer's step are
 
     y = x W^T + b,     dL/dx = g W,     dL/dW = g^T x,     dL/db = sum_rows g
 
-and each is one ``torch.ops.mkldnn._linear_pointwise`` call here (the op reads transposed
-operands in place). Everything else — other devices and dtypes (float64 for gradcheck,
+and with :data:`ONEDNN_MATMULS` each is one ``torch.ops.mkldnn._linear_pointwise`` call (the
+op reads transposed operands in place). Everything else — other devices and dtypes (float64 for gradcheck,
 autocast), or a PyTorch built without oneDNN — takes ``F.linear``. The parameters and the
 state dict are ``nn.Linear``'s.
 
@@ -29,6 +32,24 @@ from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``"GenuineIntel"``, ``"AuthenticAMD"``, ...) from ``/proc/cpuinfo``;
+    ``""`` where it cannot be read (not Linux, not x86)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+#: Whether float32 CPU linears go to oneDNN (see the module docs): where PyTorch's BLAS is MKL
+#: and the CPU is AMD's (or Hygon's, the same cores), whose AVX-512 MKL does not use.
+ONEDNN_MATMULS = _ONEDNN and torch.backends.mkl.is_available() and cpu_vendor() in ("AuthenticAMD", "HygonGenuine")
 
 
 @torch.library.custom_op("fastvae::onednn_matmul_t", mutates_args=())
@@ -76,9 +97,10 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when ``Linear`` sends this product to oneDNN (float32 on the CPU, no autocast)."""
+    """True when ``Linear`` sends this product to oneDNN (:data:`ONEDNN_MATMULS`; float32 on the
+    CPU, no autocast)."""
     return (
-        _ONEDNN
+        ONEDNN_MATMULS
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
@@ -87,7 +109,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through oneDNN for float32 CPU tensors (see the module docs)."""
+    """``F.linear``, through oneDNN for float32 CPU tensors on AMD CPUs (see the module docs)."""
     if uses_onednn(x, weight):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
