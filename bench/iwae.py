@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import fastvae
 
 from . import common
-from .loss_head import _raise_recompile_limits, fastvae_backend
+from .loss_head import Settings, _raise_recompile_limits, fastvae_backend
 
 ESTIMATORS = ("iwae", "dreg")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -187,16 +187,6 @@ def check_errors(fn: Callable, case: Case, leaves, x, eps) -> tuple[float, float
 
 
 # --------------------------------------------------------------------------- running
-@dataclass(frozen=True)
-class Settings:
-    mode: str  # "full", "quick" or "tiny"
-    compile_backend: str = "inductor"
-
-    @property
-    def quick(self) -> bool:
-        return self.mode != "full"
-
-
 def run_case(case: Case, info: common.DeviceInfo, settings: Settings) -> list[dict]:
     device = info.torch_device
     leaves, x = make_inputs(case, device)

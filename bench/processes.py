@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastvae.data.memory import rss_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 #: A neighbour that keeps one core busy: a pure-Python spin (no threads of its own).
 BUSY_CODE = "x = 0\nwhile True:\n    x += 1\n"
@@ -33,17 +35,6 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.pop("TRITON_INTERPRET", None)  # CPU training takes the torch path; no interpreter needed
     return env
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass
@@ -79,7 +70,7 @@ def train_process(args: list[str], timeout_s: float = 1800.0, sample_every_s: fl
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     samples: list[tuple[float, int]] = []
     while proc.poll() is None:
-        samples.append((time.perf_counter() - start, _rss_bytes(proc.pid)))
+        samples.append((time.perf_counter() - start, rss_bytes(proc.pid)))
         if time.perf_counter() - start > timeout_s:
             proc.kill()
             raise TimeoutError(f"fastvae train {' '.join(args)} ran past {timeout_s:.0f} s")
@@ -103,7 +94,6 @@ def main(argv: list[str]) -> int:
     ``$FASTVAE_BENCH_RSS_PROBE`` (benchmark instrumentation: the trainer itself is unchanged)."""
     from fastvae import trainer
     from fastvae.cli import main as fastvae_main
-    from fastvae.data.memory import rss_bytes
 
     seen: list[tuple[int, int]] = []
     log = trainer.Trainer._log

@@ -61,10 +61,11 @@ def release_pages(array_or_mmap: np.ndarray | mmap.mmap | None) -> bool:
     return True
 
 
-def rss_bytes() -> int:
-    """This process's resident-set size (``VmRSS`` from /proc/self/status), in bytes; 0 if unknown."""
+def rss_bytes(pid: int | str = "self") -> int:
+    """A process's resident-set size (``VmRSS`` from /proc/PID/status; this process by default),
+    in bytes; 0 if unknown."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
