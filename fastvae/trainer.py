@@ -255,7 +255,10 @@ class Trainer:
                     self.progress.update(1)
                     evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
                     checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == end
-                    if self.step % cfg.log_every == 0 or evaluate or checkpoint or stop.requested:
+                    # a stop request is acted on at once in one process; across ranks only at the logging
+                    # steps they share (a rank reducing alone would meet the others' gradient all-reduce)
+                    stop_now = stop.requested and not self.group.distributed
+                    if self.step % cfg.log_every == 0 or evaluate or checkpoint or stop_now:
                         stopping, loss_sum = self._agree(stop.requested)  # the logging step's host sync
                         self._log(evaluate, loss_sum)
                         if checkpoint or stopping:
