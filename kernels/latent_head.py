@@ -163,6 +163,7 @@ def latent_head_forward_kernel(
     if CHUNKED:
         row = pid + f * 0  # [QUADS] int64, all this program's row
         for s in range(n_samples):
+            s64 = tl.cast(s, tl.int64)  # sample offsets (s x rows, s x sample stride) pass 2**31
             draw = (first_row + row) * n_samples + s
             kl = tl.zeros([QUADS], dtype=acc_dtype)
             for start in range(0, quads_per_row, QUADS):
@@ -173,19 +174,19 @@ def latent_head_forward_kernel(
                 lv = _load_quads(lv_ptr, 0, lv_row_stride, lv_col_stride, row, cols, mask, acc_dtype, ROW_UNIT)
                 std = tl.exp(0.5 * lv)
                 if HAS_EPS:
-                    eps = _load_quads(eps_ptr, s * eps_sample_stride, eps_row_stride, eps_col_stride, row, cols, mask,
+                    eps = _load_quads(eps_ptr, s64 * eps_sample_stride, eps_row_stride, eps_col_stride, row, cols, mask,
                                       acc_dtype, ROW_UNIT)
                 else:
                     eps = _normal_quads(seed, draw * quads_per_row + quad).to(acc_dtype)
                 z = mu + std * eps
-                tl.store(z_ptr + _row_offsets(0, s * n_rows + row, n_cols // ROW_UNIT, ROW_UNIT) + cols, z.to(z_ptr.dtype.element_ty),
+                tl.store(z_ptr + _row_offsets(0, s64 * n_rows + row, n_cols // ROW_UNIT, ROW_UNIT) + cols, z.to(z_ptr.dtype.element_ty),
                          mask=mask)
                 if SAMPLED_KL:
                     kl += tl.sum(tl.where(mask, z * z - eps * eps - lv, 0.0), axis=1)
                 else:
                     kl += tl.sum(tl.where(mask & (s == 0), mu * mu + std * std - 1.0 - lv, 0.0), axis=1)
             if SAMPLED_KL:
-                tl.store(kl_ptr + s * n_rows + pid, 0.5 * tl.sum(kl, axis=0))
+                tl.store(kl_ptr + s64 * n_rows + pid, 0.5 * tl.sum(kl, axis=0))
             elif s == 0:
                 tl.store(kl_ptr + pid, 0.5 * tl.sum(kl, axis=0))
     else:
@@ -204,17 +205,18 @@ def latent_head_forward_kernel(
             tl.store(kl_ptr + row, 0.5 * _row_sums(terms, local_row), mask=row_end)
         first_draw = (first_row + row) * n_samples
         for s in range(n_samples):
+            s64 = tl.cast(s, tl.int64)  # sample offsets (s x rows, s x sample stride) pass 2**31
             if HAS_EPS:
-                eps = _load_quads(eps_ptr, s * eps_sample_stride, eps_row_stride, eps_col_stride, row, cols, mask,
+                eps = _load_quads(eps_ptr, s64 * eps_sample_stride, eps_row_stride, eps_col_stride, row, cols, mask,
                                   acc_dtype, ROW_UNIT)
             else:
                 eps = _normal_quads(seed, (first_draw + s) * quads_per_row + quad).to(acc_dtype)
             z = mu + std * eps
-            tl.store(z_ptr + _row_offsets(0, s * n_rows + row, n_cols // ROW_UNIT, ROW_UNIT) + cols, z.to(z_ptr.dtype.element_ty),
+            tl.store(z_ptr + _row_offsets(0, s64 * n_rows + row, n_cols // ROW_UNIT, ROW_UNIT) + cols, z.to(z_ptr.dtype.element_ty),
                          mask=mask)
             if SAMPLED_KL:
                 terms = tl.sum(tl.where(mask, z * z - eps * eps - lv, 0.0), axis=1)
-                tl.store(kl_ptr + s * n_rows + row, 0.5 * _row_sums(terms, local_row), mask=row_end)
+                tl.store(kl_ptr + s64 * n_rows + row, 0.5 * _row_sums(terms, local_row), mask=row_end)
 
 
 @triton.jit
@@ -265,18 +267,19 @@ def latent_head_backward_kernel(
             seed = tl.load(seed_ptr)
         first_draw = (first_row + row) * n_samples
         for s in range(n_samples):
+            s64 = tl.cast(s, tl.int64)  # sample offsets (s x rows, s x sample stride) pass 2**31
             if HAS_EPS:
-                eps = _load_quads(eps_ptr, s * eps_sample_stride, eps_row_stride, eps_col_stride, row, cols, mask,
+                eps = _load_quads(eps_ptr, s64 * eps_sample_stride, eps_row_stride, eps_col_stride, row, cols, mask,
                                   acc_dtype, ROW_UNIT)
             else:
                 eps = _normal_quads(seed, (first_draw + s) * quads_per_row + quad).to(acc_dtype)
             std_eps = std * eps
             if HAS_GRAD_Z:
-                gz = _load_quads(gz_ptr, s * gz_sample_stride, gz_row_stride, gz_col_stride, row, cols, mask, acc_dtype, ROW_UNIT)
+                gz = _load_quads(gz_ptr, s64 * gz_sample_stride, gz_row_stride, gz_col_stride, row, cols, mask, acc_dtype, ROW_UNIT)
                 dmu += gz
                 dlv += 0.5 * std_eps * gz
             if HAS_GRAD_KL and SAMPLED_KL:
-                gkl = tl.load(gkl_ptr + s * gkl_sample_stride + row * gkl_row_stride, mask=valid,
+                gkl = tl.load(gkl_ptr + s64 * gkl_sample_stride + row * gkl_row_stride, mask=valid,
                               other=0.0).to(acc_dtype)[:, None]
                 z = mu + std_eps
                 dmu += gkl * z
