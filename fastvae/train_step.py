@@ -120,8 +120,9 @@ class TrainStep:
         static = self._static
         assert static is not None and self._graph is not None
         if x.shape != static["x"].shape or noise.first_row != static["first_row"]:
-            raise ValueError(f"a captured step takes batches of shape {tuple(static['x'].shape)} "
-                             f"(got {tuple(x.shape)}); every batch must have the same shape")
+            raise ValueError(f"a captured step takes batches of shape {tuple(static['x'].shape)} at first_row "
+                             f"{static['first_row']} (got {tuple(x.shape)} at {noise.first_row}); every batch must "
+                             "have the same shape and rank offset")
         static["x"].copy_(x, non_blocking=True)
         static["seed"].copy_(noise.seed, non_blocking=True)
         static["beta"].copy_(beta, non_blocking=True)
