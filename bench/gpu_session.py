@@ -15,7 +15,7 @@ priority order:
   likelihood so that a slice cut off by its budget loses only its own rows);
 - part 2: the loss-head grid, bfloat16; the training throughput runs (``python -m bench --only
   train``, one model per slice); a slice of ``fastvae paper --budget full`` (the PPCA check,
-  experiment 4); the rest of the test suite (``pytest -m "not gpu"``) with the time left.
+  experiment 4, and the manifolds, experiment 3); the rest of the test suite (``pytest -m "not gpu"``) with the time left.
 
 Benchmarks are called through their command lines, so their own flags and output stay theirs.
 Each stage writes its files into ``--out`` as it goes (a stage killed at its budget keeps what

@@ -1,6 +1,6 @@
 """VAE vs IWAE vs IWAE-DReG on dynamically binarised Fashion-MNIST (Burda et al. 2015's comparison).
 
-    python -m bench.iwae_experiment --epochs 3 --out docs/iwae          # the committed run (CPU, ~45 min)
+    python -m bench.iwae_experiment --epochs 10 --eval-examples 1000 --out docs/iwae   # the committed run (CPU, ~30 min)
     python -m bench.iwae_experiment --epochs 100 --device cuda --out docs/iwae-gpu
 
 The model is Burda et al.'s one-stochastic-layer architecture: two hidden layers of 200 tanh units

@@ -5,7 +5,7 @@
     fastvae train --data fashion-mnist --arch conv --out runs/fm-conv
     fastvae train --model my_package.models:MyVAE --model-args '{"width": 64}' --out runs/mine
     fastvae eval runs/fm2                      # one JSON object: test_elbo, log_px (K = 5,000) and its errors, ...
-    fastvae plot runs/fm2                      # PNGs: ELBO curves, reconstructions, samples, manifold
+    fastvae plot runs/fm2                      # PNGs: ELBO curves, reconstructions, samples, manifold, KL per latent dim
     torchrun --nproc-per-node 4 -m fastvae train --device cuda ...
 
 Every failure ends in one line on stderr and a non-zero exit (FASTVAE_DEBUG=1 shows the
@@ -144,7 +144,7 @@ def _arch_fields() -> dict[str, tuple[dataclasses.Field, type]]:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE with AEVB",
-                       description="Train a VAE with AEVB (minibatch, L=1): fastvae's --arch mlp/conv or your "
+                       description="Train a VAE with AEVB (minibatch; the ELBO with L draws, or the IWAE bound): fastvae's --arch mlp/conv or your "
                                    "own --model. Every flag is a TrainConfig setting.")
     defaults = TrainConfig()
     groups = {}

@@ -13,7 +13,7 @@ choices and help come from these declarations (:mod:`fastvae.settings`), and so 
 Every value is checked when the config is made (and again when ``train`` starts, so a field
 changed afterwards is caught too): types, finiteness, limits and the int64 range, with a
 one-line error naming the setting by flag and field (``--epochs (epochs) must be a finite
-number > 0, got inf``), the same message the CLI gives for the flag.
+number, got inf``), the same message the CLI gives for the flag.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ DESCRIPTION = ("Reproduce Kingma & Welling (2014): AEVB vs wake-sleep vs Monte C
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The paper command's flags (shared by ``python -m fastvae.paper`` and ``fastvae paper``)."""
     p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
-                   help="tiny: seconds (CI); quick: ~15 min on 2 CPU cores; full: paper-sized, for a GPU (default: quick)")
+                   help="tiny: seconds (CI); quick: ~10 min on 2 CPU cores; full: paper-sized, for a GPU (default: quick)")
     p.add_argument("--out", type=Path, required=True, help="output directory for report.md, figures and results.json")
     p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--data", default=None,
