@@ -20,8 +20,8 @@ import torch
 
 from .json_output import to_json
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require_entries
-from .settings import computation_settings, flag_of, free_settings, settings_fields
-from .train_config import RUN_ACTIONS, TrainConfig
+from .settings import computation_settings, flag_of, settings_fields
+from .train_config import RUN_ACTIONS, TrainConfig, may_change_on_resume
 
 #: 2: the model config nested in the run's config, noise a function of (seed, step). 1 (no
 #: "format" entry): fastvae 0.1 — evaluable and plottable, not resumable.
@@ -73,7 +73,7 @@ def _flag_for(dotted: str) -> str:
 
 def _changeable_flags() -> list[str]:
     """The flags of the settings a resumed run may change (not the actions --resume / --overwrite)."""
-    return [flag_of(f) for f in free_settings(TrainConfig) if f.name not in RUN_ACTIONS]
+    return [_flag_for(name) for name in may_change_on_resume() if name not in RUN_ACTIONS]
 
 
 def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_size: int,
