@@ -68,7 +68,6 @@ class Stage:
     budget_s: float
     command: Callable[[Context], list[str] | None]  # None: not run in this mode
     env: dict = field(default_factory=dict)
-    log_name: str = ""  # file the output goes to (default: <slug>-<name>.log)
 
 
 @dataclass
@@ -324,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
         for stage in (s for s in STAGES if s.part == part):
             command = stage.command(ctx)
-            log = out / (stage.log_name or f"{info.slug}-{stage.name}.log")
+            log = out / f"{info.slug}-{stage.name}.log"
             left = deadline - time.perf_counter()
             if command is None:
                 records.append(StageRecord(stage.name, part, "skipped (not in a tiny run)", 0.0, "", "", [], []))
