@@ -37,6 +37,16 @@ from .mlp import MLPVAE
 
 @runtime_checkable
 class VAEModel(Protocol):
+    """The model interface above, for type checkers: annotate a user's model with it.
+
+    fastvae itself checks models with :func:`check_vae_model`; ``isinstance(m, VAEModel)`` only
+    tests that ``encode`` and ``decode`` exist (a runtime-checkable Protocol checks no signatures).
+
+    >>> def fit(model: VAEModel) -> None: ...
+    >>> isinstance(build_model(MLPConfig(latent_dim=2), (8, 8), "bernoulli"), VAEModel)
+    True
+    """
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def decode(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
