@@ -52,7 +52,8 @@ from .launch_config import elementwise_tiling, row_tiling
 BERNOULLI = tl.constexpr(0)
 CONTINUOUS_BERNOULLI = tl.constexpr(1)
 GAUSSIAN = tl.constexpr(2)
-LIKELIHOOD_CODES = {"bernoulli": 0, "continuous_bernoulli": 1, "gaussian": 2}
+LIKELIHOOD_CODES = {"bernoulli": BERNOULLI.value, "continuous_bernoulli": CONTINUOUS_BERNOULLI.value,
+                    "gaussian": GAUSSIAN.value}
 
 LOG_2PI = tl.constexpr(math.log(2.0 * math.pi))
 LOG_2 = tl.constexpr(math.log(2.0))
