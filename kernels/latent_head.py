@@ -67,7 +67,7 @@ import triton
 import triton.language as tl
 
 from .launch import launch
-from .launch_config import latent_backward_tiling, latent_forward_tiling
+from .launch_config import accumulation_dtype, latent_backward_tiling, latent_forward_tiling
 
 TWO_PI = tl.constexpr(6.283185307179586)
 QUAD = tl.constexpr(4)
@@ -306,10 +306,6 @@ def _strides(t: torch.Tensor | None, unit: int, dims: int) -> tuple[int, ...]:
 def _check_noise_shape(eps: torch.Tensor | None, samples: int, n_rows: int, n_cols: int) -> None:
     if eps is not None and tuple(eps.shape) != (samples, n_rows, n_cols):
         raise ValueError(f"eps must have shape (samples, N, Z) = {(samples, n_rows, n_cols)}, got {tuple(eps.shape)}")
-
-
-def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def latent_head_forward(

@@ -1,9 +1,11 @@
-"""The one place that picks tile sizes and warps for fastvae's row-reduction kernels."""
+"""The one place that picks tile sizes and warps for fastvae's row-reduction kernels, and the
+dtype they accumulate in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import triton
 
 # Programs that fill a GPU: two per SM of a 132-SM H100 (an A100 has 108). Below this many,
@@ -155,3 +157,13 @@ def latent_backward_tiling(n_rows: int, n_cols: int) -> FlatTiling:
     while quads > WARP and triton.cdiv(total, quads) < FILL_PROGRAMS:
         quads //= 2
     return FlatTiling(quads, quads // WARP)
+
+
+def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype a launch accumulates and returns results in: float64 if any given tensor is
+    float64, else float32 (``None``s are skipped); as ``fastvae.reference.accumulation_dtype``.
+
+    >>> accumulation_dtype(torch.zeros(2, dtype=torch.bfloat16), None)
+    torch.float32
+    """
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from .launch import launch
-from .launch_config import elementwise_tiling, row_tiling
+from .launch_config import accumulation_dtype, elementwise_tiling, row_tiling
 
 BERNOULLI = tl.constexpr(0)
 CONTINUOUS_BERNOULLI = tl.constexpr(1)
@@ -213,11 +213,6 @@ def _strides(t: torch.Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
 
-def _accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any input is float64, else float32 (as fastvae.reference.accumulation_dtype)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _cb_cutoff(acc: torch.dtype) -> float:
     return CB_TAYLOR_CUTOFF_F64 if acc == torch.float64 else CB_TAYLOR_CUTOFF_F32
 
@@ -234,7 +229,7 @@ def log_likelihood_forward(
 ) -> torch.Tensor:
     """Per-row log-likelihood of 2-D (N, D) inputs, in float32 (float64 for float64 inputs)."""
     n_rows, n_cols = x.shape
-    acc = _accumulation_dtype(out, logvar, x)
+    acc = accumulation_dtype(out, logvar, x)
     ll = torch.empty((n_rows,), dtype=acc, device=x.device)
     if n_rows == 0:
         return ll
@@ -270,7 +265,7 @@ def log_likelihood_backward(
     tiling = elementwise_tiling(n_rows, n_cols, reduce_rows=need_lv and lv_broadcast)
     d_out = torch.empty_like(out, memory_format=torch.contiguous_format) if need_o else None
     d_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
-    acc = _accumulation_dtype(out, logvar, x)
+    acc = accumulation_dtype(out, logvar, x)
     d_lv = None
     if need_lv:
         if lv_broadcast:  # every program writes its row of partial sums: no zero-fill
