@@ -31,7 +31,7 @@ from typing import Sequence
 from .json_output import to_json
 from .models.config import ARCHS
 from .settings import check_value, flag_of, label, settings_fields, value_type
-from .train_config import TrainConfig
+from .train_config import DEVICES, TrainConfig
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -176,13 +176,13 @@ def _add_eval(sub) -> None:
                    help="importance samples K per example: Burda et al.'s protocol (default: %(default)s)")
     p.add_argument("--examples", type=_positive_int, default=1000,
                    help="test examples for log p(x) (the test ELBO uses the whole test set) (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="(default: %(default)s)")
 
 
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="PNG figures of a trained run")
     p.add_argument("run_dir", type=Path, help="a train --out directory")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="(default: %(default)s)")
 
 
 def _add_paper(sub) -> None:
