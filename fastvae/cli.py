@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .evaluation import LOG_PX_EXAMPLES, LOG_PX_SAMPLES
 from .json_output import to_json
 from .models.config import ARCHS
 from .settings import check_value, flag_of, label, settings_fields, value_type
@@ -172,9 +173,9 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test ELBO, importance-sampled log p(x) with standard errors, KL per latent "
                        "dimension and active units of a trained run")
     p.add_argument("run_dir", type=Path, help="a train --out directory")
-    p.add_argument("--samples", type=_positive_int, default=5000,
+    p.add_argument("--samples", type=_positive_int, default=LOG_PX_SAMPLES,
                    help="importance samples K per example: Burda et al.'s protocol (default: %(default)s)")
-    p.add_argument("--examples", type=_positive_int, default=1000,
+    p.add_argument("--examples", type=_positive_int, default=LOG_PX_EXAMPLES,
                    help="test examples for log p(x) (the test ELBO uses the whole test set) (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="(default: %(default)s)")
 

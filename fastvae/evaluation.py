@@ -34,6 +34,10 @@ from .likelihood import log_likelihood
 from .step import ELBO, Noise, aevb_objective, decoder_rows
 
 EVAL_SEED = 1234
+#: Burda et al.'s log p(x) protocol, the default of ``fastvae eval`` and ``evaluate_run``: K
+#: importance samples per example, over the first this many test examples.
+LOG_PX_SAMPLES = 5000
+LOG_PX_EXAMPLES = 1000
 #: Burda et al.'s active-unit threshold on Var_x E_q[z_j].
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -145,7 +149,7 @@ def dataset_log_px(
 
 @torch.no_grad()
 def dataset_log_px_stats(
-    model: nn.Module, data: torch.Tensor, n_samples: int = 5000, batch_size: int = 100, seed: int = EVAL_SEED,
+    model: nn.Module, data: torch.Tensor, n_samples: int = LOG_PX_SAMPLES, batch_size: int = 100, seed: int = EVAL_SEED,
     likelihood: str | None = None,
 ) -> dict[str, float]:
     """Burda et al.'s log p(x) protocol over ``data`` (N, *example_shape), with its errors:

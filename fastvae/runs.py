@@ -22,7 +22,8 @@ from torch import nn
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from .data import Dataset, load_dataset
 from .distributed import setup_process_group
-from .evaluation import ACTIVE_UNIT_THRESHOLD, dataset_elbo, dataset_log_px_stats, posterior_diagnostics
+from .evaluation import (ACTIVE_UNIT_THRESHOLD, LOG_PX_EXAMPLES, LOG_PX_SAMPLES, dataset_elbo, dataset_log_px_stats,
+                         posterior_diagnostics)
 from .models import build_model, class_path
 from .models.interface import construct
 from .train_config import TrainConfig
@@ -100,8 +101,8 @@ def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None 
     return Run(config, model, dataset, int(state["step"]), torch_device)
 
 
-def evaluate_run(run_dir: str | Path, n_samples: int = 5000, n_examples: int = 1000, device: str = "auto",
-                 model: nn.Module | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, n_samples: int = LOG_PX_SAMPLES, n_examples: int = LOG_PX_EXAMPLES,
+                 device: str = "auto", model: nn.Module | None = None) -> dict[str, Any]:
     """Test ELBO and the posterior diagnostics over the whole test set; log p(x) by Burda et al.'s
     protocol (``n_samples`` importance samples each) over its first ``n_examples``, with its
     standard errors (:func:`fastvae.evaluation.dataset_log_px_stats`)."""
