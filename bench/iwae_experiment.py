@@ -39,7 +39,6 @@ RUNS = {  # name: (objective, K, estimator)
 COLUMNS = ["model", "objective", "K", "estimator", "epochs", "train_examples", "log_px", "log_px_se", "log_px_mc_se",
            "log_px_min_ess", "vs_vae", "vs_vae_se", "test_elbo", "active_units", "train_time_s", "samples_per_s",
            "eval_examples", "eval_samples", "device"]
-EVAL_SEED = 1234
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
-    from fastvae.evaluation import dataset_elbo, importance_sampled_log_px_and_variance, posterior_diagnostics
+    from fastvae.evaluation import (EVAL_SEED, dataset_elbo, importance_sampled_log_px_and_variance,
+                                    posterior_diagnostics)
     from fastvae.models import MLPConfig
     from fastvae.runs import load_run
     from fastvae.train_config import TrainConfig
