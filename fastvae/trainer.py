@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write, save_checkpoint
 from .data import Dataset, load_dataset
-from .data.seeding import derive_seed
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
 from .evaluation import dataset_elbo, posterior_diagnostics
 from .json_output import to_json
@@ -44,7 +43,7 @@ from .progress import Progress
 from .run_dir import RunDirectory
 from .runs import held_out_tensor
 from .iwae import IWAE
-from .step import ELBO, Noise, Objective
+from .step import ELBO, Noise, Objective, noise_seed
 from .stop_signals import StopRequests
 from .threads import choose_threads, step_flops
 from .train_config import DEFAULT_SAMPLES, MAX_TRAINING_SAMPLES, TrainConfig
@@ -108,11 +107,6 @@ def run_config(cfg: TrainConfig, model: nn.Module | None) -> TrainConfig:
     if cfg.model_class not in (None, path):
         raise ValueError(f"model is a {path} but cfg.model_class says {cfg.model_class}")
     return dataclasses.replace(cfg, model=None, model_class=path)
-
-
-def noise_seed(run_seed: int, step: int) -> int:
-    """The noise seed of training step ``step`` (0-based): a pure function, so resuming needs no RNG state."""
-    return derive_seed(run_seed, "noise", step)
 
 
 class Trainer:

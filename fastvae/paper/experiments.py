@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from ..data import load_dataset, threshold_binarize
-from ..data.seeding import derive_seed
 from ..evaluation import dataset_elbo, dataset_log_px
 from ..models import MLPConfig, MLPVAE, manifold, sample_prior
-from ..step import Noise
+from ..step import Noise, noise_seed
 from ..train_step import ObjectiveModule, TrainStep, make_optimizer
 from .budgets import Budget
 from .marginal import hmc_proposal_log_px
@@ -147,7 +146,7 @@ def aevb_step(model: MLPVAE, n_train: int, lr: float, seed: int = 0) -> StepFn:
     updates = itertools.count()
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> None:
-        noise.seed.fill_(derive_seed(seed, "noise", next(updates)))
+        noise.seed.fill_(noise_seed(seed, next(updates)))
         train_step(x, noise, beta)
 
     return step

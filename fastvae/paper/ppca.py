@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..data.seeding import derive_seed
 from ..evaluation import dataset_elbo, importance_sampled_log_px
-from ..step import ELBO, Noise
+from ..step import ELBO, Noise, noise_seed
 from ..train_step import ObjectiveModule, TrainStep
 
 
@@ -166,7 +165,7 @@ def train_linear_vae(
     step = TrainStep(ObjectiveModule(model, "gaussian", ELBO(samples=n_samples)), opt)
     noise, beta = Noise(torch.zeros(1, dtype=torch.int64)), torch.ones(())
     for t in range(steps):
-        noise.seed.fill_(derive_seed(seed, "noise", t))
+        noise.seed.fill_(noise_seed(seed, t))
         step(x, noise, beta)
         sched.step()
     return model
