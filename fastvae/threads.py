@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import parameter_count
+
 #: Arithmetic per step below which one more thread costs more (waiting at every op's barrier)
 #: than it saves; measured on the 2-core benchmark machine (see bench/README.md).
 MIN_FLOPS_PER_THREAD = 2.0e8
@@ -79,7 +81,7 @@ def step_flops(model: nn.Module, example: torch.Tensor, batch_size: int) -> floa
             model.decode(mu)
         per_example = counter.get_total_flops() / 2
     except Exception:  # noqa: BLE001 - only an estimate: the model's own errors surface in training
-        per_example = 2.0 * sum(p.numel() for p in model.parameters())
+        per_example = 2.0 * parameter_count(model)
     finally:
         model.train(was_training)
     return 3.0 * per_example * batch_size
