@@ -8,8 +8,8 @@ always descheduled (measured on a 2-core machine beside one busy process: the de
 
 * uses 1 thread when a step's arithmetic is below :data:`MIN_FLOPS_PER_THREAD` per extra
   thread (the paper's model on the 8x8 digits: ~0.06 GFLOP per step);
-* otherwise as many threads as there are cores this process may run on that other work is
-  not using (the 1-minute load average of the machine, less this process's own share), at
+* otherwise as many threads as there are cores this process may run on that the machine's
+  1-minute load average leaves free (this process's own recent work counts in that load), at
   most one per :data:`MIN_FLOPS_PER_THREAD` of work.
 
 ``--threads N`` overrides it.
@@ -45,14 +45,13 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def busy_cores(own_threads: int = 0) -> float:
-    """Cores kept busy by other work: the 1-minute load average less ``own_threads`` already
-    running here (0 where the load is unknown)."""
+def busy_cores() -> float:
+    """Cores kept busy: the machine's 1-minute load average, this process's own work included
+    (0 where the load is unknown)."""
     try:
-        load = os.getloadavg()[0]
+        return os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
-    return max(0.0, load - own_threads)
 
 
 def choose_threads(requested: int | None, step_flops: float, cores: int | None = None,
