@@ -73,7 +73,9 @@ def importance_log_weights(model: nn.Module, x: torch.Tensor, n_samples: int,
     rows = x.reshape(b, -1)
     mu, logvar = model.encode(x)
     z, log_q_minus_log_p = reparameterize(mu, logvar, samples=n_samples, kl="sampled")  # (K, B, Z), (K, B)
-    out = decoder_rows(model.decode(z.reshape(n_samples * b, -1)), n_samples, b, rows.shape[-1])
+    # z is K-major, (K, B, Z): its leading axis is the draws, so the rows come back (K, B, D), like the weights
+    out = decoder_rows(model.decode(z.reshape(n_samples * b, -1)), examples=n_samples, draws=b,
+                       features=rows.shape[-1])
     return log_likelihood(likelihood, out, rows) - log_q_minus_log_p
 
 

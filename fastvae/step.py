@@ -138,7 +138,8 @@ def _rows(t: torch.Tensor, examples: int, draws: int, what: str) -> torch.Tensor
     return t.reshape(examples, draws, -1)
 
 
-def decoder_rows(decoder_out, examples: int, draws: int, features: int):
+def decoder_rows(decoder_out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], examples: int, draws: int,
+                 features: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``model.decode``'s output for (examples * draws) z rows, viewed as rows (examples, draws, D).
 
     A Gaussian's logvar may be shaped like the mean, like one example (or ``(D,)``), or 0-d.
