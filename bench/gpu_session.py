@@ -211,6 +211,7 @@ def environment(ctx: Context, info) -> str:
 
 # --------------------------------------------------------------------------- summary
 def records_in(out: Path, slug: str) -> list[dict]:
+    """The stage records of every part's ``<slug>-gpu-session-part*.json`` in ``out``, parts in file-name order."""
     records = []
     for path in sorted(out.glob(f"{slug}-gpu-session-part*.json")):
         records += json.loads(path.read_text())["stages"]
@@ -218,6 +219,7 @@ def records_in(out: Path, slug: str) -> list[dict]:
 
 
 def summary_markdown(out: Path, slug: str, header: str) -> str:
+    """The session's Markdown summary: ``header``, a table of every stage, then each stage's command and log tail."""
     records = records_in(out, slug)
     lines = [f"# GPU session: {slug}", "", header, "",
              "Written by `python -m bench.gpu_session` (bench/README.md, *GPU session*); the files sit beside "

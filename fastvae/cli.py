@@ -194,6 +194,7 @@ def _add_paper(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fastvae`` command's parser: subcommands train, eval, plot and paper."""
     parser = _OneLineErrorParser(prog="fastvae", description="Fast variational autoencoders (AEVB).")
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,plot,paper}", parser_class=_OneLineErrorParser)
     sub.required = True

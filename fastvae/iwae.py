@@ -147,9 +147,12 @@ class DregLink:
         self.grad_kl: torch.Tensor | None = None
 
     def record(self, weights: torch.Tensor, grad_kl: torch.Tensor) -> None:
+        """Keep the loss's normalised ``weights`` and the gradient ``grad_kl`` it sends to kl."""
         self.weights, self.grad_kl = weights, grad_kl
 
     def weights_for(self, grad_kl: torch.Tensor) -> torch.Tensor:
+        """The recorded weights, shaped and typed like ``grad_kl``; ``RuntimeError`` unless ``grad_kl`` is
+        the recorded gradient itself (same storage and size)."""
         sent = self.grad_kl
         if sent is None or grad_kl.data_ptr() != sent.data_ptr() or grad_kl.numel() != sent.numel():
             raise RuntimeError(

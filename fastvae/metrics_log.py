@@ -25,6 +25,8 @@ LEGACY_COLUMNS = COLUMNS[:6]
 
 
 class MetricsLog:
+    """A run's ``metrics.csv`` (the module docs): :meth:`start` it once, then :meth:`append` a row per logging step."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
@@ -41,6 +43,7 @@ class MetricsLog:
         atomic_write(self.path, lambda f: f.write(buffer.getvalue()), mode="w")
 
     def append(self, **row: float | int | None) -> None:
+        """Append one row of ``COLUMNS`` values given by name (absent or None: an empty cell)."""
         values = ["" if row.get(c) is None else _format(row[c]) for c in COLUMNS]
         try:
             with open(self.path, "a", newline="") as f:

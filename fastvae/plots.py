@@ -56,6 +56,8 @@ def image_grid(images: np.ndarray, shape: tuple[int, ...], columns: int) -> np.n
 
 
 def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
+    """The train (running) and test ELBO of ``metrics_csv`` against training samples (log scale),
+    written as the PNG ``out``; returns ``out``."""
     rows = read_metrics(metrics_csv)
     train = [(float(r["samples_seen"]), float(r["train_elbo"])) for r in rows if r["train_elbo"]]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -33,6 +33,9 @@ from .train_state import EVALUATION_ENTRIES, load_model_state, missing_checkpoin
 
 @dataclass
 class Run:
+    """A trained run as :func:`load_run` returns it: its settings, its model (weights loaded, in
+    eval mode, on ``device``), its data and the step its checkpoint was written at."""
+
     config: TrainConfig
     model: nn.Module
     dataset: Dataset

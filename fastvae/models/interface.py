@@ -212,4 +212,5 @@ def manifold(model: nn.Module, likelihood: str, grid: int, device: torch.device)
 
 
 def parameter_count(model: nn.Module) -> int:
+    """The number of scalar parameters of ``model`` (each parameter tensor's element count, summed)."""
     return sum(math.prod(p.shape) for p in model.parameters())
