@@ -36,7 +36,7 @@ from torch import nn
 
 from . import reference
 from .input_checks import require_float_tensor, require_same_device
-from .latent import _reparameterize
+from .latent import draw_latents
 from .likelihood import LIKELIHOODS, log_likelihood
 from .loss import REDUCTIONS
 from .step import Noise, StepOutput
@@ -228,8 +228,8 @@ class IWAE:
 
     def sample(self, mu: torch.Tensor, logvar: torch.Tensor, noise: Noise) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, Z) posteriors -> z (M, K, Z) and the sampled kl (M, K)."""
-        z, kl = _reparameterize(mu, logvar, noise.seed, None, noise.first_row, self.samples, "sampled",
-                                gradient="dreg" if self.estimator == "dreg" else "full")
+        z, kl = draw_latents(mu, logvar, noise.seed, None, noise.first_row, self.samples, "sampled",
+                             gradient="dreg" if self.estimator == "dreg" else "full")
         return z.transpose(0, 1), kl.transpose(0, 1)
 
     def combine(self, log_likelihood: torch.Tensor, kl: torch.Tensor, beta: float | torch.Tensor) -> StepOutput:

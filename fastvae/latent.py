@@ -310,10 +310,10 @@ def reparameterize(
     >>> z.shape, kl.shape
     (torch.Size([5, 4, 2]), torch.Size([5, 4]))
     """
-    return _reparameterize(mu, logvar, seed, eps, first_row, samples, kl)
+    return draw_latents(mu, logvar, seed, eps, first_row, samples, kl)
 
 
-def _reparameterize(
+def draw_latents(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     seed: int | torch.Tensor | None,

@@ -33,7 +33,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from .data.seeding import derive_seed
-from .latent import _reparameterize
+from .latent import draw_latents
 from .likelihood import LIKELIHOODS, log_likelihood
 from .loss import checked_beta
 
@@ -120,8 +120,8 @@ class ELBO:
         m, z_dim = mu.shape[0], mu.shape[-1]
         shape = (m, self.samples, z_dim)
         kl, gradient = ("sampled", "path") if self.path_gradient else ("analytic", "full")
-        return _reparameterize(mu.unsqueeze(1).expand(shape), logvar.unsqueeze(1).expand(shape), noise.seed, None,
-                               noise.first_row * self.samples, None, kl, gradient)
+        return draw_latents(mu.unsqueeze(1).expand(shape), logvar.unsqueeze(1).expand(shape), noise.seed, None,
+                            noise.first_row * self.samples, None, kl, gradient)
 
     def combine(self, log_likelihood: torch.Tensor, kl: torch.Tensor, beta: float | torch.Tensor) -> StepOutput:
         objective = (beta * kl - log_likelihood).mean()
