@@ -174,6 +174,7 @@ class Trainer:
 
         # where the run starts: step 0, or the checkpoint's state
         self.step, self.wall_before = 0, 0.0
+        self.t0: float | None = None  # when run() started (perf_counter): the wall time adds from there
         if resume_from is not None:
             self._restore(resume_from)
         self.test_data = None
@@ -195,7 +196,7 @@ class Trainer:
             "world_size": self.group.world_size,
             "data": self.batches.state_dict(),
             "rng_torch": torch.get_rng_state(),
-            "wall_time_s": self.wall_before + (time.perf_counter() - self.t0 if hasattr(self, "t0") else 0.0),
+            "wall_time_s": self.wall_before + (time.perf_counter() - self.t0 if self.t0 is not None else 0.0),
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
