@@ -152,5 +152,5 @@ def test_rss_stays_bounded_on_a_file_much_larger_than_the_budget(tmp_path, reade
     if reader == "mmap":
         bound += src.max_mapped_bytes + mapped_bytes_per_row(row_bytes)
     growth = peak - base
-    print(f"{reader}: RSS growth {growth / 2**20:.1f} MiB streaming 200 MiB (bound {bound / 2**20:.1f} MiB)")
-    assert growth < bound
+    assert growth < bound, (f"{reader}: RSS growth {growth / 2**20:.1f} MiB streaming 200 MiB "
+                            f"(bound {bound / 2**20:.1f} MiB)")

@@ -190,7 +190,6 @@ def test_dreg_reduces_encoder_gradient_variance(backend, one_torch_thread, K):
     d = var_iwae - var_dreg
     assert d.mean() > 5 * d.std() / math.sqrt(n), (d.mean(), d.std())
     assert var_iwae.mean() > 100 * var_dreg.mean(), (var_iwae.mean(), var_dreg.mean())
-    print(f"\nK={K}: encoder-gradient variance IWAE / DReG = {var_iwae.mean() / var_dreg.mean():.0f}")
     # both estimate the same expected gradient: means agree within 5 standard errors per coordinate
     se = torch.sqrt(iwae.var(0) / n + dreg.var(0) / n)
     assert ((iwae.mean(0) - dreg.mean(0)).abs() < 5 * se).all()

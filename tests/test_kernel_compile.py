@@ -36,7 +36,6 @@ def _compile(tmp_path, *flags, timeout=600):
     if proc.returncode == UNSUPPORTED_EXIT:
         pytest.skip(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    print(proc.stdout[-3000:])
     return json.loads(out.read_text()), proc.stdout
 
 

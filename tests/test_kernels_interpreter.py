@@ -40,25 +40,13 @@ DTYPES = list(TOLERANCES)
 LAYOUT_DTYPES = [torch.float32, torch.float16]  # the slower layout cases: float32 and float16 only
 DIMS = [1, 7, 784, 1000]
 
-# (dtype, kind) -> [max abs error, max rel error (|ref| floored at 1)] over the module
-ERRORS: dict[tuple[torch.dtype, str], list[float]] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report_errors():
-    yield
-    print("\n\ninterpreter vs torch path: max errors (abs; rel with |ref| floored at 1)")
-    for (dtype, kind), (abs_err, rel_err) in sorted(ERRORS.items(), key=str):
-        print(f"  {str(dtype):15s} {kind:12s} abs {abs_err:.3e}  rel {rel_err:.3e}")
-
 
 def _check(actual, expected, dtype, kind, tolerance=None):
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
     assert torch.isfinite(actual).all()
     abs_err, rel_err = max_errors(actual, expected)
-    worst = ERRORS.setdefault((dtype, kind), [0.0, 0.0])
-    worst[:] = max(worst[0], abs_err), max(worst[1], rel_err)
-    torch.testing.assert_close(actual, expected, **TOLERANCES[dtype][tolerance or kind])
+    torch.testing.assert_close(actual, expected, **TOLERANCES[dtype][tolerance or kind], msg=lambda default: (
+        f"{default}\n{dtype} {kind}: max error abs {abs_err:.3e}, rel {rel_err:.3e} (|ref| floored at 1)"))
 
 
 def _run(monkeypatch, backend_name, fn, inputs, weights):

@@ -17,7 +17,6 @@ rows), checked here against that definition: row r depends on (seed, r) only, on
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ def _recovered_eps(z, mu, logvar):
     return ((z.double() - mu.double()) * torch.exp(-0.5 * logvar.double())).flatten()
 
 
-def _check_standard_normal(eps: torch.Tensor, rows: int, cols: int) -> dict:
+def _check_standard_normal(eps: torch.Tensor, rows: int, cols: int) -> None:
     n = eps.numel()
     e = eps.numpy()
     mean, var = e.mean(), e.var(ddof=1)
@@ -48,7 +47,6 @@ def _check_standard_normal(eps: torch.Tensor, rows: int, cols: int) -> dict:
     assert abs(across) < 5.0 / math.sqrt(grid[1:].size), across
     # no repeated draws (a broken offset would hand two elements the same counter)
     assert np.unique(e).size == n
-    return dict(n=n, mean=mean, var=var, ks_p=ks.pvalue, corr_along=along, corr_across=across)
 
 
 def test_torch_path_noise_is_standard_normal(backend):
@@ -66,12 +64,8 @@ def test_triton_path_noise_is_standard_normal(backend):
     rows, cols = 1024, 64  # 65k draws: about 0.5 s under the interpreter
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(rows, cols, generator=g), torch.randn(rows, cols, generator=g)
-    fastvae.reparameterize(mu[:1], logvar[:1], seed=0)  # the interpreter's one-off set-up, not timed
-    start = time.perf_counter()
     z, _ = fastvae.reparameterize(mu, logvar, seed=1234)
-    elapsed = time.perf_counter() - start
-    summary = _check_standard_normal(_recovered_eps(z, mu, logvar), rows, cols)
-    print(f"\ninterpreter eps: {summary} in {elapsed:.2f} s")
+    _check_standard_normal(_recovered_eps(z, mu, logvar), rows, cols)
 
 
 # ---- both paths draw exactly Philox4x32-10 + Box-Muller ----
