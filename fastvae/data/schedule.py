@@ -87,11 +87,6 @@ class EpochSchedule:
         """Steps per epoch."""
         return self._full + (1 if self._tail else 0)
 
-    @property
-    def examples_per_epoch(self) -> int:
-        """Examples each rank sees per epoch."""
-        return self._full * self.batch_size + self._tail
-
     def batch_rows(self, step: int) -> int:
         """This rank's rows in step ``step``."""
         self._check_step(step)
