@@ -44,6 +44,8 @@ INVALID = {  # file name: (array or raw bytes, message)
     "object.npy": (np.array([[1, None]], dtype=object), "not a real numeric dtype"),
     "complex.npy": (np.zeros((2, 2), np.complex64), "not a real numeric dtype"),
     "strings.npy": (np.array([["a", "b"]]), "not a real numeric dtype"),
+    # numpy's extended precision: accepted, then a torch TypeError naming no file when batched
+    "longdouble.npy": (np.zeros((2, 2), np.longdouble), "no torch equivalent"),
     "fortran.npy": (np.asfortranarray(np.zeros((3, 4))), "Fortran order"),
     "no_rows.npy": (np.zeros((0, 4)), "holds no examples"),
     "no_cols.npy": (np.zeros((4, 0)), "holds no examples"),

@@ -38,9 +38,13 @@ def is_npy(path: str | os.PathLike) -> bool:
 
 
 def require_numeric(dtype: np.dtype, where: str) -> None:
-    """``dtype`` must be bool, integer or real floating point; else ``ValueError`` naming ``where``."""
+    """``dtype`` must be bool, integer or real floating point that torch can hold (not numpy's
+    extended-precision ``longdouble``); else ``ValueError`` naming ``where``."""
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
         raise ValueError(f"{where}: dtype {dtype} is not a real numeric dtype (need bool, integer or floating point)")
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise ValueError(f"{where}: dtype {dtype} ({dtype.itemsize}-byte extended precision) has no torch equivalent; "
+                         "store the data as float64 or float32: np.save(path, a.astype(np.float64))")
 
 
 def load_npy(path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray:
