@@ -124,3 +124,22 @@ def test_registry_errors(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((30, 4), np.nan, np.float32))
     with pytest.raises(ValueError, match="nan.npy: data contains NaN"):
         load_dataset(tmp_path / "nan.npy")
+
+
+def test_values_beyond_float32_are_refused_naming_the_row(tmp_path):
+    # float64 data is finite as stored but becomes inf as float32 features: training stopped with a
+    # non-finite loss naming no row, and a huge value in the test rows gave a test ELBO of -inf
+    a = np.random.default_rng(0).random((50, 4))
+    a[37, 2] = -1e300
+    np.save(tmp_path / "big.npy", a)
+    with pytest.raises(ValueError, match=r"big.npy: row 37 holds -1e\+300, beyond the range of float32"):
+        load_dataset(tmp_path / "big.npy")
+    np.save(tmp_path / "tr.npy", a[:30] * 0 + 0.5)
+    b = np.full((10, 4), 0.5)
+    b[4, 0] = 1e39
+    np.save(tmp_path / "te.npy", b)
+    with pytest.raises(ValueError, match=r"te.npy: row 4 holds 1e\+39"):
+        load_dataset(tmp_path / "tr.npy", test=tmp_path / "te.npy")
+    a[37, 2] = -3e38  # within float32's range: a real dataset
+    np.save(tmp_path / "ok.npy", a)
+    assert load_dataset(tmp_path / "ok.npy").kind == "real"

@@ -44,7 +44,7 @@ from .batches import make_batches
 from .digits import DIGITS_SHAPE, load_digits
 from .idx import read_idx
 from .resident import rows_to_device
-from .validation import rows_digest, summarize_rows
+from .validation import require_float32_range, rows_digest, summarize_rows
 from .source import BatchSource
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -176,10 +176,11 @@ def _example_shape(array: np.ndarray) -> tuple[int, ...]:
 
 def _scaling(rows: np.ndarray, where: str) -> tuple[float | None, Kind, str | None, str | None]:
     """The divisor and kind of stored rows (see the module docs), from every row
-    (:mod:`~fastvae.data.validation`: a NaN or inf anywhere is an error naming the row and the
-    value), where the values first leave [0, 1] (None if they do not), and the rows' digest."""
+    (:mod:`~fastvae.data.validation`: a NaN or inf anywhere, or a value that float32 features
+    cannot hold, is an error naming the row and the value), where the values first leave [0, 1] (None if they do not), and the rows' digest."""
     summary = summarize_rows(rows, where)
     summary.require_finite(where)
+    require_float32_range(rows, summary, where)
     if storage_dtype(rows.dtype) == np.uint8:
         return (None if summary.high <= 1 else 255.0), "unit", None, summary.digest
     if rows.dtype == np.bool_:

@@ -110,6 +110,29 @@ def scan_rows(rows: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> ValueSummary:
     return ValueSummary(n, low, high, None, below, above, "sha256:" + digest.hexdigest())
 
 
+#: The largest finite float32: fastvae's features are float32 (:func:`~fastvae.data.arrays.to_unit_float`).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def require_float32_range(rows: np.ndarray, summary: ValueSummary, where: str, chunk_bytes: int = CHUNK_BYTES) -> None:
+    """``ValueError`` naming ``where``, the row and the value if a (finite) stored value is beyond
+    float32's range: float64 data holding 1e300 would become inf when converted to features
+    (a non-finite loss naming no row in training, a test ELBO of -inf). The rows are scanned
+    again only when ``summary`` says there is such a value."""
+    if max(-summary.low, summary.high) <= FLOAT32_MAX:
+        return
+    n = int(rows.shape[0])
+    step = max(1, chunk_bytes // max(1, rows[:1].nbytes))
+    for start in range(0, n, step):
+        chunk = np.asarray(rows[start:start + step]).reshape(min(step, n - start), -1)
+        beyond = np.abs(chunk) > FLOAT32_MAX
+        release_pages(rows)
+        if beyond.any():
+            row, value = _first(chunk, beyond)
+            raise ValueError(f"{where}: row {start + row} holds {value:g}, beyond the range of float32 "
+                             f"(+-{FLOAT32_MAX:.4g}), the precision fastvae trains in; rescale the data")
+
+
 def rows_digest_start(rows: np.ndarray):
     """A SHA-256 fed with the rows' dtype and shape: feed it their bytes, in order, to identify them."""
     digest = hashlib.sha256(f"{np.dtype(rows.dtype).str}{tuple(int(s) for s in rows.shape)};".encode())
