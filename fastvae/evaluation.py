@@ -25,6 +25,7 @@ through fastvae's fused heads, batched as (K, B, .).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -40,6 +41,20 @@ LOG_PX_SAMPLES = 5000
 LOG_PX_EXAMPLES = 1000
 #: Burda et al.'s active-unit threshold on Var_x E_q[z_j].
 ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def require_count(name: str, value: object) -> int:
+    """``value`` as an int if it is a positive integer (a batch size, a number of draws); else
+    ``ValueError`` naming it: 0 or a negative batch size would evaluate no example at all."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def require_examples(data: torch.Tensor) -> None:
+    """``data`` must hold at least one example: a mean over none is no number (it read 0.0)."""
+    if data.dim() == 0 or data.shape[0] == 0:
+        raise ValueError(f"data has no examples (shape {tuple(data.shape)}); evaluate at least one")
 
 
 def model_likelihood(model: nn.Module, likelihood: str | None) -> str:
@@ -104,8 +119,7 @@ def importance_sampled_log_px_and_variance(
     normalised weights w~ (K / that sum is the effective sample size); accumulated over chunks as
     log-sum-exps of log w and of 2 log w, so it never overflows. K = 1 gives no variance (nan).
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    n_samples = require_count("n_samples", n_samples)
     chunk = max(1, min(n_samples, max_elements // max(1, x.numel())))
     sums, square_sums = [], []
     for start in range(0, n_samples, chunk):
@@ -127,6 +141,8 @@ def dataset_elbo(
     """Mean ELBO per example over ``data`` (N, *example_shape), in nats. Row r's noise is row r of
     ``seed``'s stream (training's RNG is untouched)."""
     likelihood = model_likelihood(model, likelihood)
+    require_count("batch_size", batch_size)
+    require_examples(data)
 
     def per_batch(xb: torch.Tensor, start: int) -> torch.Tensor:
         return elbo_per_example(model, xb, likelihood, n_samples, seed, first_row=start)
@@ -142,6 +158,9 @@ def dataset_log_px(
     """Mean importance-sampled log p(x) per example over ``data`` (N, *example_shape), in nats
     (draws from torch's generator seeded with ``seed``, forked: training's RNG is untouched)."""
     likelihood = model_likelihood(model, likelihood)
+    require_count("n_samples", n_samples)
+    require_count("batch_size", batch_size)
+    require_examples(data)
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -165,6 +184,9 @@ def dataset_log_px_stats(
     if data.shape[0] == 0:
         raise ValueError("dataset_log_px_stats needs at least one example (data has 0 rows)")
     likelihood = model_likelihood(model, likelihood)
+    n_samples = require_count("n_samples", n_samples)
+    require_count("batch_size", batch_size)
+    require_examples(data)
     device = next(model.parameters()).device
     estimates, variances = [], []
     was_training = model.training
@@ -202,6 +224,8 @@ def posterior_diagnostics(
     Var_x E_q[z_j] = Var_x mu_j(x) > ``threshold`` (Burda et al. 2015: 0.01);
     ``posterior_mean_variance``: those variances, per dim.
     """
+    require_count("batch_size", batch_size)
+    require_examples(data)
     device = next(model.parameters()).device
     kl_sum = mu_sum = mu_square_sum = None
     was_training = model.training
@@ -220,8 +244,6 @@ def posterior_diagnostics(
     finally:
         model.train(was_training)
     n = data.shape[0]
-    if n == 0:
-        raise ValueError("posterior_diagnostics needs at least one example")
     mean = mu_sum / n
     variance = ((mu_square_sum - n * mean.square()) / max(n - 1, 1)).clamp_min(0.0)
     return {

@@ -173,3 +173,25 @@ def test_posterior_diagnostics_kl_per_dim_and_active_units():
     assert kl[1] == pytest.approx((0.5 * (0.005 * x[:, 1]) ** 2).mean().item(), rel=1e-12) and kl[2] == 0.0
     assert diagnostics["active_units"] == 1
     assert diagnostics["posterior_mean_variance"][0] == pytest.approx(x[:, 0].var().item(), rel=1e-12)
+
+
+def test_no_examples_and_bad_counts_are_refused_naming_the_argument():
+    # dataset_elbo / dataset_log_px over no examples (or with batch_size <= 0, which evaluates
+    # none) returned 0.0, a perfect-looking score; the others failed in range() or torch.cat
+    from fastvae.evaluation import dataset_log_px_stats, posterior_diagnostics
+
+    model = LinearGaussianVAE()
+    x = model.sample_x(8)
+    for run in (lambda **kw: dataset_elbo(model, **kw), lambda **kw: dataset_log_px(model, n_samples=3, **kw),
+                lambda **kw: dataset_log_px_stats(model, n_samples=3, **kw),
+                lambda **kw: posterior_diagnostics(model, **kw)):
+        with pytest.raises(ValueError, match=r"data has no examples \(shape \(0, 6\)\)"):
+            run(data=x[:0])
+        for bad in (0, -1, 2.5, True):
+            with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad!r}"):
+                run(data=x, batch_size=bad)
+    for bad in (2.0, True, 0):
+        with pytest.raises(ValueError, match=f"n_samples must be a positive integer, got {bad!r}"):
+            importance_sampled_log_px(model, x, n_samples=bad)
+        with pytest.raises(ValueError, match=f"n_samples must be a positive integer, got {bad!r}"):
+            dataset_log_px_stats(model, x, n_samples=bad)
