@@ -131,6 +131,9 @@ def _check_draw_shapes(likelihood: str, decoder_out, x: torch.Tensor, kl: torch.
             f"{name} has {out.shape[0]} draws (dim 0 of {tuple(out.shape)}) but kl has {kl.shape[0]} "
             f"(dim 0 of {tuple(kl.shape)}); both come from the same reparameterize(..., samples=K)"
         )
+    if out.shape[0] == 0:
+        raise ValueError(f"{name} has 0 draws (dim 0 of {tuple(out.shape)}): the bound averages K >= 1 "
+                         "importance weights; draw them with reparameterize(..., samples=K)")
 
 
 class DregLink:

@@ -375,6 +375,8 @@ OUT, X, KL = torch.randn(K_BAD, 3, 5), torch.rand(3, 5), torch.randn(K_BAD, 3)
     (fastvae.IWAELoss, (OUT, X, KL.to("meta")), ValueError, r"kl is on meta but x is on cpu"),
     (fastvae.IWAELoss, ((OUT, torch.zeros(())), X, KL), TypeError, r"decoder_out must be a logits tensor"),
     (fastvae.IWAELoss, (OUT, torch.rand(3, 4), KL), ValueError, r"x has last dimension 4 but logits has 5"),
+    # K = 0 failed in log(K) with "math domain error"
+    (fastvae.IWAELoss, (OUT[:0], X, KL[:0]), ValueError, r"decoder_out has 0 draws \(dim 0 of \(0, 3, 5\)\)"),
 ])
 def test_iwae_loss_rejects_bad_input(make, args, error, match):
     with pytest.raises(error, match=match):
