@@ -142,15 +142,21 @@ def decoder_rows(decoder_out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], 
                  features: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``model.decode``'s output for (examples * draws) z rows, viewed as rows (examples, draws, D).
 
-    A Gaussian's logvar may be shaped like the mean, like one example (or ``(D,)``), or 0-d.
+    A Gaussian's logvar may be shaped like the mean, like one example (or ``(D,)``), 0-d, or one
+    per row ((rows, 1), broadcast over the row's features).
     """
     if isinstance(decoder_out, (tuple, list)):
         if len(decoder_out) != 2:
             raise TypeError(f"model.decode returned {len(decoder_out)} tensors; a Gaussian decoder returns (mean, logvar)")
         mean, logvar = decoder_out
+        example = tuple(mean.shape[1:]) if isinstance(mean, torch.Tensor) else None
         mean = _rows(mean, examples, draws, "a mean")
         if isinstance(logvar, torch.Tensor) and logvar.dim() > 0:
-            if logvar.numel() == features:
+            rows = examples * draws
+            # one logvar per row, (rows, 1), holds D values when there are D rows: it is still per row
+            per_row = (rows > 1 and logvar.numel() == rows and logvar.dim() > 1 and logvar.shape[0] == rows
+                       and tuple(logvar.shape) != example)
+            if logvar.numel() == features and not per_row:
                 logvar = logvar.reshape(features)
             else:
                 logvar = _rows(logvar, examples, draws, "a logvar")

@@ -128,6 +128,26 @@ def test_shards_of_a_batch_compute_the_rows_of_the_whole_batch():
     torch.testing.assert_close(torch.cat([p.kl for p in parts]), whole.kl, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("examples, draws", [(5, 2), (2, 5), (4, 1)])
+def test_one_logvar_per_row_stays_per_row_when_there_are_d_rows(examples, draws):
+    # a Gaussian decoder's per-row logvar (rows, 1) holds D values when there are D rows (here
+    # D = 10: 5 examples x 2 draws; in training a batch of D with L = 1): it was taken for a
+    # per-feature (D,) logvar, a wrong ELBO without an error
+    class PerRow(Recording):
+        def decode(self, z):
+            self.z = z.detach().clone()
+            out = z @ self.w
+            return out[:, :D], out[:, D:D + 1]
+
+    model = PerRow("gaussian")
+    x = torch.rand(examples, *SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = aevb_objective(model, x, Noise.from_int(5), likelihood="gaussian", objective=ELBO(draws))
+    w = model.z @ model.w
+    mean, logvar = w[:, :D].reshape(examples, draws, D), w[:, D:D + 1].reshape(examples, draws, 1)
+    expected = Normal(mean, torch.exp(0.5 * logvar)).log_prob(x.reshape(examples, 1, D)).sum(-1).mean(1)
+    torch.testing.assert_close(out.log_likelihood, expected.detach(), rtol=1e-10, atol=1e-10)
+
+
 def test_a_decoder_output_of_the_wrong_size_is_refused():
     class Wrong(Recording):
         def decode(self, z):
