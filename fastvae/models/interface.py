@@ -64,6 +64,9 @@ def check_vae_model(model: object, where: str = "model") -> nn.Module:
         )
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{where} ({type(model).__name__}) has no parameters to train")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"{where} ({type(model).__name__}) has no parameters to train: every one has "
+                         "requires_grad=False (frozen); unfreeze those to train")
     return model
 
 
