@@ -225,6 +225,7 @@ class Trainer:
             self.metrics.start(self.step if cfg.resume else None)  # first: a bad metrics file stops before any write
             atomic_write(self.out_dir / "config.json", lambda f: f.write(to_json(cfg.to_dict(), indent=2)), "w")
         self.last_good = self.step if cfg.resume else None
+        self.first_step = self.step
         self.t0 = time.perf_counter()
         self.window_start, self.window_steps = self.t0, 0
         self.loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)  # the window's summed -ELBO
@@ -341,8 +342,18 @@ class Trainer:
             self.export_weights()
         if self.test_data is not None and self.test_elbo is None and self.group.is_main:
             self.test_elbo = self.evaluate()
-        return TrainResult(self.out_dir, self.step, self.step * self.global_batch, self.train_elbo, self.test_elbo,
-                           self.rate, self.wall_before + time.perf_counter() - self.t0, self.threads)
+        trained = self.step > self.first_step  # else (stop_after at or before the resumed step) nothing was logged
+        train_elbo, rate = (self.train_elbo, self.rate) if trained else (self.recorded_train_elbo(), None)
+        return TrainResult(self.out_dir, self.step, self.step * self.global_batch, train_elbo, self.test_elbo,
+                           rate, self.wall_before + time.perf_counter() - self.t0, self.threads)
+
+    def recorded_train_elbo(self) -> float | None:
+        """The train ELBO of the run's last metrics row that has one (None if none has)."""
+        metrics = self.out_dir / "metrics.csv"
+        if not metrics.exists():
+            return None
+        rows = [r for r in read_metrics(metrics) if r["train_elbo"]]
+        return float(rows[-1]["train_elbo"]) if rows else None
 
     def already_done(self) -> TrainResult:
         """The result of a resumed run that is already as long as asked (or longer): nothing is
@@ -356,11 +367,7 @@ class Trainer:
                       "--samples or --epochs", stacklevel=3)
         if self.group.is_main and self.step == self.steps:
             self.export_weights()
-        train_elbo = None
-        metrics = self.out_dir / "metrics.csv"
-        if metrics.exists():
-            rows = [r for r in read_metrics(metrics) if r["train_elbo"]]
-            train_elbo = float(rows[-1]["train_elbo"]) if rows else None
+        train_elbo = self.recorded_train_elbo()
         test_elbo = self.evaluate() if self.test_data is not None and self.group.is_main else None
         return TrainResult(Path(self.cfg.out), self.step, self.step * self.global_batch, train_elbo, test_elbo, None,
                            self.wall_before, self.threads)
@@ -384,6 +391,9 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
 
     >>> train(TrainConfig(data="fashion-mnist", epochs=10, out="runs/mine"), model=MyVAE())
     """
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"stop_after must be a positive integer (steps from the start of training) or None, "
+                         f"got {stop_after!r}")
     cfg.check()  # again: a field may have been changed since the config was made
     group = setup_process_group(cfg.device)
     threads_before = torch.get_num_threads()

@@ -270,6 +270,37 @@ def test_a_model_without_encode_decode_is_refused(tmp_path):
         train(TrainConfig(**SMALL, out=str(tmp_path)), model=nn.Linear(3, 3))
 
 
+class FrozenVAE(TinyVAE):
+    def __init__(self):
+        super().__init__()
+        self.requires_grad_(False)
+
+
+def test_a_model_with_every_parameter_frozen_is_refused(tmp_path):
+    # it failed in backward: "element 0 of tensors does not require grad and does not have a grad_fn"
+    with pytest.raises(ValueError, match=r"model \(FrozenVAE\) has no parameters to train: every one has "
+                                         r"requires_grad=False"):
+        train(TrainConfig(**dict(SMALL, model=None), out=str(tmp_path)), model=FrozenVAE())
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("stop_after", [0, -1, 1.5, True, "10"])
+def test_a_bad_stop_after_is_refused(tmp_path, stop_after):
+    # 0 and -1 trained nothing and left an unresumable run directory (no checkpoint), 1.5 trained 2 steps
+    with pytest.raises(ValueError, match=f"stop_after must be a positive integer .* got {stop_after!r}"):
+        train(TrainConfig(**SMALL, out=str(tmp_path)), stop_after=stop_after)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_resumed_call_that_trains_no_step_reports_the_recorded_elbo(tmp_path):
+    # stop_after at or before the checkpoint's step: the result said train_elbo nan and
+    # samples_per_s 0.0, not the run's last train ELBO and None (nothing trained in this call)
+    first = train(TrainConfig(**SMALL, out=str(tmp_path)), stop_after=20)
+    again = train(TrainConfig(**SMALL, out=str(tmp_path), resume=True), stop_after=10)
+    assert again.steps == 20 and again.samples_per_s is None
+    assert again.train_elbo == pytest.approx(first.train_elbo, rel=1e-5)  # as metrics.csv rounds it
+
+
 def test_progress_lines_when_the_output_is_not_a_terminal(tmp_path, monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
