@@ -12,6 +12,7 @@ instance: ``load_run(run_dir, model=MyVAE(...))``. Checkpoints of fastvae 0.1 lo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,19 @@ def _rebuild(state: dict[str, Any], config: TrainConfig, dataset: Dataset, model
         raise type(exc)(f"{exc}; rebuild it yourself and pass it: load_run(run_dir, model=...)") from exc
 
 
+def _check_trained_data(state: dict[str, Any], dataset: Dataset, config: TrainConfig, path: Path) -> None:
+    """``ValueError`` when the run's ``--data`` now holds other rows than it was trained on (the
+    checkpoint's ``data_fingerprint``): a relative path read from another working directory, or a
+    file replaced since, would be evaluated (its test rows split off other data) without a word."""
+    recorded = state.get("data_fingerprint")
+    if recorded is None or dataset.fingerprint is None or recorded == dataset.fingerprint:
+        return
+    where = "" if os.path.isabs(config.data) else f" (a relative path, read from {os.getcwd()})"
+    raise ValueError(f"{path}: the run's --data {config.data}{where} holds other training data than the run was "
+                     f"trained on (its rows hash to {dataset.fingerprint[:19]}..., the checkpoint's to "
+                     f"{recorded[:19]}...); run from the directory it was trained in, or restore the data")
+
+
 def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None = None) -> Run:
     """The run in ``run_dir`` with its trained weights (``model``: an instance of its class to load
     them into, for a model that cannot be rebuilt from its class path)."""
@@ -98,6 +112,7 @@ def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None 
         raise CheckpointError(f"{path}: the run's settings in it are not valid: {exc}") from None
     torch_device = setup_process_group(device).device
     dataset = load_dataset(config.data, test=config.test_data)
+    _check_trained_data(state, dataset, config, path)
     model = _rebuild(state, config, dataset, model)
     load_model_state(model, state["model"], str(path))
     model.to(torch_device).eval()

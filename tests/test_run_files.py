@@ -311,3 +311,21 @@ def test_resume_after_a_kill_mid_append(tmp_path):
     rows = read_metrics(tmp_path / "metrics.csv")
     steps = [int(r["step"]) for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_eval_of_a_run_whose_data_path_now_holds_other_data_is_refused(tmp_path, monkeypatch):
+    # a relative --data read from another working directory (or a replaced file) was evaluated
+    # without a word: another file's test rows, another test ELBO
+    import numpy as np
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a" / "d.npy", (rng.random((300, 16)) > 0.7).astype(np.float32))
+    np.save(tmp_path / "b" / "d.npy", (rng.random((300, 16)) > 0.2).astype(np.float32))
+    monkeypatch.chdir(tmp_path / "a")
+    train(TrainConfig(**{**SMALL, "data": "d.npy", "samples": 500}, out=str(tmp_path / "run")))
+    assert evaluate_run(tmp_path / "run", n_samples=2, n_examples=2, device="cpu")["test_elbo"] < 0
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"the run's --data d.npy \(a relative path, read from .*b\) holds other "
+                                         r"training data than the run was trained on"):
+        evaluate_run(tmp_path / "run", n_samples=2, n_examples=2, device="cpu")
