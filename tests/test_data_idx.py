@@ -97,6 +97,11 @@ CORRUPT = {
     "header only": (_valid_bytes()[:16], "truncated"),
     "extra bytes": (_valid_bytes() + b"\x00" * 3, "size mismatch"),
     "declared too large": (bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28) + bytes(100), "truncated"),
+    # gzip: the array was allocated as declared first: numpy's "array is too big" / MemoryError, naming no file
+    "declared beyond memory": (bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 100000, 100000) + bytes(100),
+                               r"header declares shape \(60000, 100000, 100000\)"),
+    "declared beyond int64": (bytes([0, 0, 8, 3]) + struct.pack(">3I", 4000000000, 4000000000, 4000000000) + bytes(100),
+                              r"header declares shape \(4000000000, 4000000000, 4000000000\)"),
     "dtype size mismatch": (bytes([0, 0, 0x0C]) + _valid_bytes()[3:], "truncated"),  # int32 declared, bytes of uint8
 }
 

@@ -165,7 +165,13 @@ def _read_gzip(path: str) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             header = _parse_header(f, path)
-            array = np.empty(header.shape, dtype=header.dtype)
+            try:  # the header's sizes, before any data backs them: a corrupt one may ask for exabytes
+                array = np.empty(header.shape, dtype=header.dtype)
+            except (MemoryError, ValueError) as exc:
+                raise ValueError(
+                    f"{path}: the header declares shape {header.shape} of {header.dtype.newbyteorder('=').name} = "
+                    f"{header.data_bytes} data bytes, more than this machine can allocate ({exc}); a corrupt header? "
+                    "(a genuine file that large: gunzip it, and it is memory-mapped instead)") from None
             view = memoryview(array.reshape(-1).view(np.uint8))
             filled = 0
             while filled < header.data_bytes:
