@@ -143,3 +143,15 @@ def test_values_beyond_float32_are_refused_naming_the_row(tmp_path):
     a[37, 2] = -3e38  # within float32's range: a real dataset
     np.save(tmp_path / "ok.npy", a)
     assert load_dataset(tmp_path / "ok.npy").kind == "real"
+
+
+def test_a_test_file_holding_the_training_rows_is_refused(tmp_path):
+    # --test-data naming the --data file (or a copy of it) reported the training ELBO as the test ELBO
+    a = np.random.default_rng(0).random((50, 4)).astype(np.float32)
+    np.save(tmp_path / "tr.npy", a)
+    np.save(tmp_path / "copy.npy", a)
+    for test in ("tr.npy", "copy.npy"):
+        with pytest.raises(ValueError, match=f"{test}: the test data holds exactly the training rows of .*tr.npy"):
+            load_dataset(tmp_path / "tr.npy", test=tmp_path / test)
+    np.save(tmp_path / "te.npy", a[:10])  # other rows (here a subset): held out as far as fastvae can tell
+    assert load_dataset(tmp_path / "tr.npy", test=tmp_path / "te.npy").test.shape == (10, 4)

@@ -258,7 +258,13 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
                 f"{os.fspath(test_path)}: test data is stored as {test.dtype} but the training data in "
                 f"{os.fspath(train_path)} as {train.dtype}; store both alike"
             )
-        test_divisor, test_kind, test_outside, _ = _scaling(test, os.fspath(test_path))
+        test_divisor, test_kind, test_outside, test_fingerprint = _scaling(test, os.fspath(test_path))
+        if test_fingerprint is not None and test_fingerprint == fingerprint:
+            raise ValueError(
+                f"{os.fspath(test_path)}: the test data holds exactly the training rows of {os.fspath(train_path)}; "
+                "the test ELBO would measure the training examples: give held-out data, or no test file "
+                "(the last 10% of the rows are then held out)"
+            )
         if divisor is None and test_divisor is not None:
             raise ValueError(
                 f"{os.fspath(test_path)}: uint8 test values exceed 1 while the training data in {os.fspath(train_path)} is 0/1"
