@@ -270,6 +270,8 @@ def gaussian_log_likelihood(
         if not math.isfinite(logvar):
             raise ValueError(f"logvar must be finite, got {logvar!r}")
         logvar = torch.tensor(float(logvar), dtype=reference.accumulation_dtype(mean, x), device=mean.device)
+    elif logvar is None:  # else taken for "no logvar" further on (KeyError 'gaussian' on the torch path)
+        require_float_tensor("logvar", logvar)
     return _log_likelihood_rows("gaussian", mean, logvar, x)
 
 

@@ -129,6 +129,9 @@ def test_kl_shaped_like_trailing_example_dims_is_accepted(any_backend):
         (lambda: fastvae.gaussian_log_likelihood(LOGITS, torch.zeros(5, dtype=torch.int32), X), r"logvar must be a floating-point"),
         (lambda: fastvae.gaussian_log_likelihood(LOGITS, True, X), r"logvar must be a torch.Tensor, got bool"),
         (lambda: fastvae.gaussian_log_likelihood(LOGITS, "0", X), r"logvar must be a torch.Tensor, got str"),
+        # None failed with KeyError: 'gaussian' (taken for "no logvar")
+        (lambda: fastvae.gaussian_log_likelihood(LOGITS, None, X), r"logvar must be a torch.Tensor, got NoneType"),
+        (lambda: fastvae.ELBOLoss("gaussian")((LOGITS, None), X, KL), r"logvar must be a torch.Tensor, got NoneType"),
         (lambda: fastvae.bernoulli_log_likelihood(LOGITS.tolist(), X), r"logits must be a torch.Tensor, got list"),
         (lambda: fastvae.bernoulli_log_likelihood(LOGITS, X.numpy()), r"x must be a torch.Tensor, got ndarray"),
         (lambda: fastvae.reparameterize(MU.long(), LOGVAR.long()), r"mu must be a floating-point"),
