@@ -340,6 +340,9 @@ def draw_latents(
         raise ValueError(f"samples must be a positive int (draws per row) or None, got {samples!r}")
     if kl not in KL_MODES:
         raise ValueError(f"kl must be one of {', '.join(KL_MODES)}, got {kl!r}")
+    if samples is not None and samples * mu.numel() >= 2**63:
+        raise ValueError(f"samples={samples} draws of mu of shape {tuple(mu.shape)} would make z of "
+                         f"{samples * mu.numel()} elements, more than a tensor can index (2**63 - 1)")
     draws_shape = mu.shape if samples is None else torch.Size((samples, *mu.shape))
     tensors = {"mu": mu, "logvar": logvar}
     if eps is not None:

@@ -349,6 +349,9 @@ MU, LOGVAR = torch.randn(3, 2), torch.randn(3, 2)
     (dict(kl="exact"), ValueError, r"kl must be one of analytic, sampled, got 'exact'"),
     (dict(samples=4, eps=torch.randn(3, 2)), ValueError, r"eps has shape \(3, 2\) but must be \(4, 3, 2\)"),
     (dict(eps=torch.randn(4, 3, 2)), ValueError, r"eps has shape \(4, 3, 2\) but must be \(3, 2\), like mu"),
+    # more draws than a tensor can index: torch's "Overflow when unpacking long long" with a C++ stack
+    (dict(samples=2**62, seed=1), ValueError, r"samples=4611686018427387904 draws of mu of shape \(3, 2\) would "
+                                              r"make z of 27670116110564327424 elements"),
 ])
 def test_reparameterize_rejects_bad_draw_arguments(backend, kwargs, error, match):
     backend("torch")
