@@ -181,8 +181,6 @@ def dataset_log_px_stats(
     ``log_px_min_ess``: the smallest effective sample size K / (K sum_k w~_k^2) of any example.
     Draws from torch's generator seeded with ``seed``, forked (training's RNG is untouched).
     """
-    if data.shape[0] == 0:
-        raise ValueError("dataset_log_px_stats needs at least one example (data has 0 rows)")
     likelihood = model_likelihood(model, likelihood)
     n_samples = require_count("n_samples", n_samples)
     require_count("batch_size", batch_size)
