@@ -284,6 +284,31 @@ def test_a_model_with_every_parameter_frozen_is_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+class Float64EncoderVAE(TinyVAE):
+    def encode(self, x):
+        mu, logvar = super().encode(x)
+        return mu.double(), logvar.double()
+
+
+class IntegerEncoderVAE(TinyVAE):
+    def encode(self, x):
+        mu, logvar = super().encode(x)
+        return mu.round().long(), logvar
+
+
+@pytest.mark.parametrize("model, message", [
+    # the user's decoder failed in training: "mat1 and mat2 must have the same dtype", naming no encoder
+    (Float64EncoderVAE, r"decode\(z\) failed on encode's mu of dtype torch.float64 while the model's parameters are "
+                        r"torch.float32"),
+    (IntegerEncoderVAE, r"encode\(x\) must return floating mu and logvar of one dtype; they are torch.int64 and "
+                        r"torch.float32"),
+], ids=["float64-encoder", "integer-mu"])
+def test_an_encoder_returning_the_wrong_dtype_is_named(tmp_path, model, message):
+    with pytest.raises(TypeError, match=message):
+        train(TrainConfig(**dict(SMALL, model=None), out=str(tmp_path)), model=model())
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("stop_after", [0, -1, 1.5, True, "10"])
 def test_a_bad_stop_after_is_refused(tmp_path, stop_after):
     # 0 and -1 trained nothing and left an unresumable run directory (no checkpoint), 1.5 trained 2 steps

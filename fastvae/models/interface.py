@@ -93,9 +93,16 @@ def check_model_outputs(model: nn.Module, example: torch.Tensor, likelihood: str
             if mu.dim() != 2 or mu.shape[0] != 2 or mu.shape != logvar.shape:
                 raise ValueError(f"{where}: encode(x) must return mu and logvar shaped (N, Z); for N = 2 examples "
                                  f"they are {tuple(mu.shape)} and {tuple(logvar.shape)}")
+            if not (mu.is_floating_point() and logvar.is_floating_point()) or mu.dtype != logvar.dtype:
+                raise TypeError(f"{where}: encode(x) must return floating mu and logvar of one dtype; they are "
+                                f"{mu.dtype} and {logvar.dtype}")
             try:
                 decoded = model.decode(mu)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
+                weights = {p.dtype for p in model.parameters() if p.is_floating_point()}
+                if len(weights) == 1 and mu.dtype not in weights:  # the usual cause: an encoder that changed dtype
+                    raise TypeError(f"{where}: decode(z) failed on encode's mu of dtype {mu.dtype} while the model's "
+                                    f"parameters are {weights.pop()} ({type(exc).__name__}: {exc})") from exc
                 return
     finally:
         model.train(was_training)
