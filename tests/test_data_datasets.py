@@ -155,3 +155,23 @@ def test_a_test_file_holding_the_training_rows_is_refused(tmp_path):
             load_dataset(tmp_path / "tr.npy", test=tmp_path / test)
     np.save(tmp_path / "te.npy", a[:10])  # other rows (here a subset): held out as far as fastvae can tell
     assert load_dataset(tmp_path / "tr.npy", test=tmp_path / "te.npy").test.shape == (10, 4)
+
+
+def test_a_test_file_in_another_layout_is_refused(tmp_path):
+    # a channels-first (N, C, H, W) test file for channels-last (N, H, W, C) training data has as many
+    # values per example: each test row was read in the training layout (pixels scrambled) and the
+    # test ELBO reported without a word
+    a = np.random.default_rng(0).random((70, 8, 6, 3)).astype(np.float32)
+    np.save(tmp_path / "tr.npy", a[:50])
+    np.save(tmp_path / "chw.npy", a[50:].transpose(0, 3, 1, 2).copy())
+    np.save(tmp_path / "flat.npy", a[50:].reshape(20, -1))
+    for test, shape in (("chw.npy", r"\(3, 8, 6\)"), ("flat.npy", r"\(12, 12\)")):
+        with pytest.raises(ValueError, match=f"{test}: test examples are shaped {shape} but the training examples in "
+                                             r".*tr.npy are \(8, 6, 3\)"):
+            load_dataset(tmp_path / "tr.npy", test=tmp_path / test)
+    np.save(tmp_path / "hwc.npy", a[50:])
+    assert load_dataset(tmp_path / "tr.npy", test=tmp_path / "hwc.npy").example_shape == (8, 6, 3)
+    # size-1 dims move no value: (H, W, 1) test examples for (H, W) training examples are the same rows
+    np.save(tmp_path / "grey.npy", a[:50, ..., 0])
+    np.save(tmp_path / "grey1.npy", a[50:, ..., :1])
+    assert load_dataset(tmp_path / "grey.npy", test=tmp_path / "grey1.npy").test.shape == (20, 48)

@@ -174,6 +174,10 @@ def _example_shape(array: np.ndarray) -> tuple[int, ...]:
     return (side, side) if side * side == d else (d,)
 
 
+def _without_unit_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(s for s in shape if s != 1)
+
+
 def _scaling(rows: np.ndarray, where: str) -> tuple[float | None, Kind, str | None, str | None]:
     """The divisor and kind of stored rows (see the module docs), from every row
     (:mod:`~fastvae.data.validation`: a NaN or inf anywhere, or a value that float32 features
@@ -247,11 +251,19 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
         train, test = _split_off_test(train)
         source = f"{os.fspath(train_path)} (last {test.shape[0]} rows as test)"
     else:
-        test, _ = read_array_file(test_path)
+        test, test_shape = read_array_file(test_path)
         if test.shape[1] != train.shape[1]:
             raise ValueError(
                 f"{os.fspath(test_path)}: test examples have {test.shape[1]} features but the training examples in "
                 f"{os.fspath(train_path)} have {train.shape[1]}"
+            )
+        if _without_unit_dims(test_shape) != _without_unit_dims(example_shape):
+            # the same number of values in another layout (channels-first vs channels-last, W x H...):
+            # each test row would be read in the training layout, its pixels scrambled, without a word.
+            # Size-1 dims ((H, W, 1) vs (H, W)) change no value's place in the row.
+            raise ValueError(
+                f"{os.fspath(test_path)}: test examples are shaped {test_shape} but the training examples in "
+                f"{os.fspath(train_path)} are {example_shape}; store the test examples in the training layout"
             )
         if storage_dtype(test.dtype) != storage_dtype(train.dtype):
             raise ValueError(
