@@ -175,3 +175,16 @@ def test_a_test_file_in_another_layout_is_refused(tmp_path):
     np.save(tmp_path / "grey.npy", a[:50, ..., 0])
     np.save(tmp_path / "grey1.npy", a[50:, ..., :1])
     assert load_dataset(tmp_path / "grey.npy", test=tmp_path / "grey1.npy").test.shape == (20, 48)
+
+
+def test_a_0_1_uint8_test_file_for_0_255_training_pixels_is_refused(tmp_path):
+    # one divisor (the training data's 255) serves both files: 0/1 test pixels were read as 0 and
+    # 1/255, an almost blank test set, and its test ELBO reported without a word
+    pixels = np.random.default_rng(0).integers(0, 256, (70, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "tr.npy", pixels[:50])
+    np.save(tmp_path / "te01.npy", (pixels[50:] > 127).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"te01.npy: uint8 test values are all 0 or 1 while the training data in "
+                                         r".*tr.npy holds 0..255 pixels"):
+        load_dataset(tmp_path / "tr.npy", test=tmp_path / "te01.npy")
+    np.save(tmp_path / "te.npy", pixels[50:])
+    assert load_dataset(tmp_path / "tr.npy", test=tmp_path / "te.npy").divisor == 255.0

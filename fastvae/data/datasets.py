@@ -281,6 +281,13 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
             raise ValueError(
                 f"{os.fspath(test_path)}: uint8 test values exceed 1 while the training data in {os.fspath(train_path)} is 0/1"
             )
+        if divisor is not None and test_divisor is None:
+            # one divisor serves both: 0/1 test pixels would become 0 and 1/255, an almost blank test set
+            raise ValueError(
+                f"{os.fspath(test_path)}: uint8 test values are all 0 or 1 while the training data in "
+                f"{os.fspath(train_path)} holds 0..255 pixels (divided by 255): the test rows "
+                f"would read as 0 and 1/255; store both on the same scale (0..255 pixels, or 0/1)"
+            )
         if test_kind == "real":
             kind, outside = "real", outside or test_outside
         source = f"{os.fspath(train_path)} + {os.fspath(test_path)}"
