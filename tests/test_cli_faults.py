@@ -163,6 +163,7 @@ def test_conflicting_and_malformed_flags_are_usage_errors(capsys, argv, message)
     (["paper", "--out", "p", "--threads", "0"], "--threads must be an integer from 1 to 1024, got '0'"),
     (["paper", "--out", "p", "--threads", "99999"], "--threads must be an integer from 1 to 1024, got '99999'"),
     (["paper", "--out", "p", "--device", "bogus"], "--device must be a torch device such as cpu or cuda, got 'bogus'"),
+    (["paper", "--out", "p", "--device", "meta"], "--device must be cpu or cuda (cuda:N), got 'meta'"),
     (["paper", "--out", "p", "--budget", "huge"], "invalid choice: 'huge'"),
     (["paper"], "the following arguments are required: --out"),
 ])

@@ -49,8 +49,16 @@ def _device(text: str) -> str:
         device = torch.device(text)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"--device must be a torch device such as cpu or cuda, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        # meta, mps, xpu...: the experiments only run on cpu and cuda; the others failed deep inside
+        # (e.g. "Tensor.item() cannot be called on meta tensors") after the first experiment started
+        raise argparse.ArgumentTypeError(f"--device must be cpu or cuda (cuda:N), got {text!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"--device {text}: no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}")
     return text
 
 
