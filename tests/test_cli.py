@@ -82,6 +82,8 @@ def test_usage_errors_are_one_line(argv, message, capsys):
         (["train", "--device", "cpu", "--amp"], "--amp (bf16 autocast) is for CUDA"),
         (["paper", "--out", "/tmp/unused", "--experiments", "1,x"], "--experiments must be comma-separated"),
         (["paper", "--out", "/tmp/unused", "--experiments", "7"], "7"),
+        (["paper", "--out", "/tmp/unused", "--experiments", ""], "experiments must name at least one of (1, 2, 3, 4)"),
+        (["paper", "--out", "/tmp/unused", "--experiments", " , "], "experiments must name at least one"),
     ],
 )
 def test_bad_files_and_settings_are_one_line(argv, message, capsys):

@@ -66,6 +66,9 @@ def run_paper(
     bad = [e for e in experiments if e not in EXPERIMENTS]
     if bad:
         raise ValueError(f"experiments must be among {EXPERIMENTS}, got {bad}")
+    if not experiments:
+        # an empty list ran nothing and wrote a report of 0 checks, over any report already in out_dir
+        raise ValueError(f"experiments must name at least one of {EXPERIMENTS}, got none")
     if threads is not None:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
