@@ -97,6 +97,7 @@ class IWAELoss(nn.Module):
                 f"the examples: decoder output and x broadcast, without the last dim); pass the per-draw kl "
                 f"from fastvae.reparameterize(..., samples=K)"
             )
+        _refuse_analytic_kl(kl)
         observer = None
         if self.estimator == "dreg" and torch.is_grad_enabled() and kl.requires_grad:
             observer = _attach_dreg_link(kl).record
@@ -134,6 +135,29 @@ def _check_draw_shapes(likelihood: str, decoder_out, x: torch.Tensor, kl: torch.
     if out.shape[0] == 0:
         raise ValueError(f"{name} has 0 draws (dim 0 of {tuple(out.shape)}): the bound averages K >= 1 "
                          "importance weights; draw them with reparameterize(..., samples=K)")
+
+
+def _refuse_analytic_kl(kl: torch.Tensor) -> None:
+    """``ValueError`` for a kl that is the same for every draw: the analytic KL broadcast over the
+    K draws (``reparameterize(..., samples=K)`` with its default ``kl="analytic"``). With it the loss
+    is ``-(logmeanexp_k log p(x|z_k) - KL)``, which is no bound on log p(x) (it can pass it), and
+    was returned without a word. Told apart by its stride 0 along the draws (an expanded view), or
+    by the node that drew it (eager mode)."""
+    if kl.dim() == 0 or kl.shape[0] < 2 or kl.numel() == 0:
+        return  # K = 1: the analytic KL gives the ELBO, a bound
+    analytic = kl.stride(0) == 0
+    if not analytic and not torch.compiler.is_compiling():
+        node = kl.grad_fn
+        while node is not None and type(node).__name__ in _RESHAPE_NODES | {"ExpandBackward0"}:
+            node = node.next_functions[0][0]
+        analytic = getattr(node, "fastvae_kl", None) == "analytic"
+    if analytic:
+        raise ValueError(
+            f"kl holds the same value for each of its {kl.shape[0]} draws (the analytic KL broadcast over them, "
+            f"from reparameterize(..., samples=K) with its default kl='analytic'), so the loss would be no bound on "
+            f"log p(x); the importance-weighted bound needs kl='sampled' (log q(z_k|x) - log p(z_k) of each draw): "
+            f"call reparameterize(..., samples=K, kl='sampled')"
+        )
 
 
 class DregLink:

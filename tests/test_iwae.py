@@ -387,6 +387,31 @@ def test_iwae_loss_rejects_bad_input(make, args, error, match):
         crit(*args)
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_iwae_loss_refuses_the_analytic_kl_broadcast_over_the_draws(backend, backend_name, estimator, grad):
+    # reparameterize(..., samples=K) returns the analytic KL broadcast over the K draws unless
+    # kl="sampled"; IWAELoss took it and returned -(logmeanexp_k log p(x|z_k) - KL), no bound on
+    # log p(x), without a word (estimator="iwae", and "dreg" without grad)
+    backend(backend_name)
+    mu, logvar = torch.randn(3, 2, requires_grad=grad), torch.randn(3, 2, requires_grad=grad)
+    x = torch.rand(3, 4).round()
+    crit = fastvae.IWAELoss("bernoulli", estimator=estimator)
+    z, kl = fastvae.reparameterize(mu, logvar, samples=5)
+    logits = z @ torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"kl holds the same value for each of its 5 draws .*kl='analytic'.*"
+                                         r"call reparameterize\(\.\.\., samples=K, kl='sampled'\)"):
+        crit(logits, x, kl)
+    z, kl = fastvae.reparameterize(mu, logvar, samples=5, kl="sampled")
+    crit(z @ torch.randn(2, 4), x, kl)
+    # one draw: the analytic KL gives the ELBO, a bound (iwae estimator; DReG needs the sampled kl)
+    z, kl = fastvae.reparameterize(mu, logvar, samples=1)
+    if estimator == "iwae" or not grad:
+        torch.testing.assert_close(crit(z @ torch.ones(2, 4), x, kl),
+                                   fastvae.ELBOLoss("bernoulli")(z @ torch.ones(2, 4), x, kl))
+
+
 def test_first_row_bound_counts_the_draws(backend):
     """With K draws the last noise counter is ((first_row + N) * K) * ceil(Z / 4) - 1 < 2**63:
     K times fewer rows fit, and the bound is exact."""
