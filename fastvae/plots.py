@@ -90,6 +90,23 @@ def plot_kl_per_dim(diagnostics: dict, out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def display_range(x: torch.Tensor) -> tuple[float, float]:
+    """The values shown black and white: [0, 1] (pixels, probabilities), widened to the range of
+    ``x`` where its values leave it (real-valued data for a Gaussian likelihood, e.g. in [-1, 1]:
+    clipping to [0, 1] showed every negative value black, data and decoded means alike)."""
+    return min(0.0, float(x.min())), max(1.0, float(x.max()))  # host syncs, once per plot
+
+
+def _shown(values: torch.Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    """``values`` mapped from ``value_range`` onto [0, 1] (what imshow draws), clipped there, as numpy."""
+    low, high = value_range
+    return ((values.float() - low) / (high - low)).clamp(0, 1).cpu().numpy()
+
+
+def _range_note(value_range: tuple[float, float]) -> str:
+    return "" if value_range == (0.0, 1.0) else f"; {value_range[0]:.3g} black, {value_range[1]:.3g} white"
+
+
 def _show_grid(grid: np.ndarray, title: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -108,23 +125,26 @@ def plot_run(run_dir: str | Path, device: str = "auto", n: int = 10, model: torc
     if metrics.exists():
         written.append(plot_elbo_curves(metrics, run_dir / "elbo.png"))
 
-    x = run.test_tensor(limit=n * n // 2)
+    test = run.test_tensor()
+    value_range = display_range(test)  # one scale for every figure: the data's, at least [0, 1]
+    note = _range_note(value_range)
+    x = test[: n * n // 2]
     rows = x.reshape(x.shape[0], -1)
-    recon = reconstruct(run.model, run.likelihood, x).float().clamp(0, 1).cpu().numpy()
-    pairs = np.stack([rows.cpu().numpy(), recon], axis=1).reshape(-1, rows.shape[1])  # data, reconstruction, ...
+    recon = _shown(reconstruct(run.model, run.likelihood, x), value_range)
+    pairs = np.stack([_shown(rows, value_range), recon], axis=1).reshape(-1, rows.shape[1])  # data, reconstruction, ...
     written.append(_show_grid(image_grid(pairs, shape, n + n % 2),
-                              "data | reconstruction (decoded mean at z = mu)", run_dir / "reconstructions.png"))
+                              f"data | reconstruction (decoded mean at z = mu){note}", run_dir / "reconstructions.png"))
 
-    written.append(plot_kl_per_dim(posterior_diagnostics(run.model, run.test_tensor()), run_dir / "kl_per_dim.png"))
+    written.append(plot_kl_per_dim(posterior_diagnostics(run.model, test), run_dir / "kl_per_dim.png"))
 
     latent_dim = latent_dim_of(run.model, x)
     generator = torch.Generator(device=run.device).manual_seed(run.config.seed)
     samples = sample_prior(run.model, run.likelihood, n * n, latent_dim, run.device, generator)
-    written.append(_show_grid(image_grid(samples.float().clamp(0, 1).cpu().numpy(), shape, n),
-                              "samples: decoded means, z ~ N(0, I)", run_dir / "samples.png"))
+    written.append(_show_grid(image_grid(_shown(samples, value_range), shape, n),
+                              f"samples: decoded means, z ~ N(0, I){note}", run_dir / "samples.png"))
 
     if latent_dim == 2:
-        means = manifold(run.model, run.likelihood, n, run.device).reshape(n * n, -1).float().clamp(0, 1).cpu().numpy()
-        written.append(_show_grid(image_grid(means, shape, n), "learned 2-D manifold (prior quantiles)",
+        means = _shown(manifold(run.model, run.likelihood, n, run.device).reshape(n * n, -1), value_range)
+        written.append(_show_grid(image_grid(means, shape, n), f"learned 2-D manifold (prior quantiles){note}",
                                   run_dir / "manifold.png"))
     return written

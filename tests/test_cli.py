@@ -51,6 +51,31 @@ def test_train_on_a_user_npy_file_with_gaussian_likelihood(tmp_path, capsys):
     assert summary["test_elbo"] is not None
 
 
+def test_plots_of_real_valued_data_show_its_range(tmp_path, capsys, monkeypatch):
+    # data in [-1, 1] (Gaussian likelihood) was drawn on [0, 1]: every negative value black, in the
+    # data and in the decoded means alike; now the figures span the data's range
+    from fastvae import plots
+
+    rng = np.random.default_rng(0)
+    data = np.tanh(rng.normal(size=(400, 4, 4))).astype(np.float32)
+    np.save(tmp_path / "pm1.npy", data)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "pm1.npy"), "--likelihood", "gaussian", *TINY, "--out", str(out)]) == 0
+    shown = {}
+    real_show = plots._show_grid
+    monkeypatch.setattr(plots, "_show_grid", lambda grid, title, path: shown.setdefault(path.name, (grid, title))
+                        and real_show(grid, title, path))
+    assert main(["plot", str(out)]) == 0
+    test = data[-40:]  # the held-out rows: the last 10%
+    low, high = float(test.min()), float(test.max())
+    assert low < -0.5 and high < 1
+    grid, title = shown["reconstructions.png"]
+    assert f"{low:.3g} black, 1 white" in title
+    np.testing.assert_allclose(grid[1:5, 1:5], (test[0] - low) / (1 - low), rtol=1e-5, atol=1e-6)  # the first data tile
+    for name in ("reconstructions.png", "samples.png", "manifold.png"):
+        assert 0 <= shown[name][0].min() and shown[name][0].max() <= 1
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
