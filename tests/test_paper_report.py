@@ -69,3 +69,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_run_paper_rejects_unknown_budget(tmp_path):
     with pytest.raises(ValueError, match="budget must be one of"):
         run_paper("huge", tmp_path)
+
+
+def test_data_outside_0_1_is_refused_naming_its_flag(tmp_path, capsys):
+    # 0..255 floats as --data were thresholded at 0.5 (nearly all ones), and --real-data in [-1, 1]
+    # was fitted by the Frey Face decoder whose means are squashed into [0, 1]: a report without a word
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "f255.npy", (rng.random((200, 4, 4)) * 255).astype(np.float32))
+    np.save(tmp_path / "pm1.npy", (rng.random((200, 4, 4)) * 2 - 1).astype(np.float32))
+    for flag, name, message in (("--data", "f255.npy", "the binary experiments threshold pixels in [0, 1] at 0.5"),
+                                ("--real-data", "pm1.npy", "decoder squashes its Gaussian means into [0, 1]")):
+        out = tmp_path / f"out-{name}"
+        assert main(["--budget", "tiny", "--out", str(out), flag, str(tmp_path / name), "--experiments", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flag} {tmp_path / name}: the values are not in [0, 1]") and message in err
+        assert "\n" not in err and not (out / "report.md").exists()

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..data import load_dataset, threshold_binarize
+from ..data import Dataset, load_dataset, threshold_binarize
 from ..evaluation import dataset_elbo, dataset_log_px
 from ..models import MLPConfig, MLPVAE, manifold, sample_prior
 from ..step import Noise, noise_seed
@@ -62,6 +62,7 @@ def binary_data(spec: str | None, budget: Budget, device: str) -> Split:
         if spec is not None:
             raise
         ds = load_dataset("digits")
+    _require_unit_values(ds, "--data", "the binary experiments threshold pixels in [0, 1] at 0.5")
     train = threshold_binarize(ds.tensor("train", device))
     if ds.test is not None:
         test = threshold_binarize(ds.tensor("test", device))
@@ -80,6 +81,7 @@ def real_data(spec: str | None, device: str, seed: int = 0) -> Split:
     drawn once (seeded). Without it pixels that are always 0 would let a Gaussian decoder's
     variance (and its density) grow without bound."""
     ds = load_dataset(spec or "digits")
+    _require_unit_values(ds, "--real-data", "the paper's Frey Face decoder squashes its Gaussian means into [0, 1]")
     train, test = ds.tensor("train", device), ds.tensor("test", device)
     note = ds.source
     if ds.name == "digits":
@@ -88,6 +90,15 @@ def real_data(spec: str | None, device: str, seed: int = 0) -> Split:
         test = ((test * 16).round() + torch.rand(test.shape, generator=g).to(device)) / 17
         note += ", dequantised: (16 x + u) / 17, u ~ U(0, 1)"
     return Split(ds.name, train, test, tuple(ds.example_shape), note)
+
+
+def _require_unit_values(ds: Dataset, flag: str, why: str) -> None:
+    """``ValueError`` naming ``flag`` for data whose values leave [0, 1] (after uint8 pixels are
+    scaled by 1/255): thresholded, or fitted with means squashed into [0, 1], it gave results
+    without a word (0..255 floats thresholded to nearly all ones)."""
+    if ds.kind != "unit":
+        raise ValueError(f"{flag} {ds.name}: the values are not in [0, 1] ({ds.outside_unit}), but {why}; "
+                         "scale the data to [0, 1]")
 
 
 # ---- loops ------------------------------------------------------------------------------------
