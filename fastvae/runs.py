@@ -85,15 +85,21 @@ def _rebuild(state: dict[str, Any], config: TrainConfig, dataset: Dataset, model
 
 def _check_trained_data(state: dict[str, Any], dataset: Dataset, config: TrainConfig, path: Path) -> None:
     """``ValueError`` when the run's ``--data`` now holds other rows than it was trained on (the
-    checkpoint's ``data_fingerprint``): a relative path read from another working directory, or a
-    file replaced since, would be evaluated (its test rows split off other data) without a word."""
-    recorded = state.get("data_fingerprint")
-    if recorded is None or dataset.fingerprint is None or recorded == dataset.fingerprint:
-        return
-    where = "" if os.path.isabs(config.data) else f" (a relative path, read from {os.getcwd()})"
-    raise ValueError(f"{path}: the run's --data {config.data}{where} holds other training data than the run was "
-                     f"trained on (its rows hash to {dataset.fingerprint[:19]}..., the checkpoint's to "
-                     f"{recorded[:19]}...); run from the directory it was trained in, or restore the data")
+    checkpoint's ``data_fingerprint``), or its ``--test-data`` other rows than it was last trained with
+    (``test_data_fingerprint``): a relative path read from another working directory, or a file
+    replaced since, would be evaluated (its test rows split off other data, or another test file)
+    without a word."""
+    checks = (("data_fingerprint", dataset.fingerprint, "--data", config.data, "training"),
+              ("test_data_fingerprint", dataset.test_fingerprint, "--test-data", config.test_data, "test"))
+    for entry, fingerprint, flag, given, what in checks:
+        recorded = state.get(entry)
+        if recorded is None or fingerprint is None or recorded == fingerprint:
+            continue
+        where = "" if os.path.isabs(given) else f" (a relative path, read from {os.getcwd()})"
+        raise ValueError(f"{path}: the run's {flag} {given}{where} holds other {what} data than the run was "
+                         f"{'trained on' if what == 'training' else 'evaluated on'} (its rows hash to "
+                         f"{fingerprint[:19]}..., the checkpoint's to {recorded[:19]}...); run from the directory "
+                         "it was trained in, or restore the data")
 
 
 def load_run(run_dir: str | Path, device: str = "auto", model: nn.Module | None = None) -> Run:

@@ -48,8 +48,9 @@ CHECKPOINT_ENTRIES = {
 }
 #: Entries written when they apply and checked when present: the CUDA RNG state (CUDA runs) and
 #: the training data's fingerprint (``Dataset.fingerprint``; checkpoints written before fastvae
-#: recorded it have none, and their data is compared by its ``--data`` name instead).
-OPTIONAL_CHECKPOINT_ENTRIES = {"rng_cuda": torch.Tensor, "data_fingerprint": str}
+#: recorded it have none, and their data is compared by its ``--data`` name instead), and a separate
+#: test file's (``Dataset.test_fingerprint``: what ``fastvae eval`` / ``plot`` compare).
+OPTIONAL_CHECKPOINT_ENTRIES = {"rng_cuda": torch.Tensor, "data_fingerprint": str, "test_data_fingerprint": str}
 #: What ``fastvae eval`` / ``plot`` read, which every checkpoint format holds.
 EVALUATION_ENTRIES = {"model": dict, "config": dict, "step": int}
 #: What a user can do with a checkpoint that ``--resume`` cannot use.

@@ -202,6 +202,8 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.dataset.fingerprint is not None:
             state["data_fingerprint"] = self.dataset.fingerprint
+        if self.dataset.test_fingerprint is not None:
+            state["test_data_fingerprint"] = self.dataset.test_fingerprint
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:

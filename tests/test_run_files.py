@@ -329,3 +329,31 @@ def test_eval_of_a_run_whose_data_path_now_holds_other_data_is_refused(tmp_path,
     with pytest.raises(ValueError, match=r"the run's --data d.npy \(a relative path, read from .*b\) holds other "
                                          r"training data than the run was trained on"):
         evaluate_run(tmp_path / "run", n_samples=2, n_examples=2, device="cpu")
+
+
+def test_eval_of_a_run_whose_test_data_path_now_holds_other_data_is_refused(tmp_path, monkeypatch):
+    # the same for a relative --test-data: another directory's test.npy was evaluated without a word
+    import numpy as np
+
+    from fastvae.plots import plot_run
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", (rng.random((300, 16)) > 0.7).astype(np.float32))
+    np.save(tmp_path / "a" / "test.npy", (rng.random((40, 16)) > 0.7).astype(np.float32))
+    np.save(tmp_path / "b" / "test.npy", (rng.random((40, 16)) > 0.2).astype(np.float32))
+    monkeypatch.chdir(tmp_path / "a")
+    config = {**SMALL, "data": str(tmp_path / "train.npy"), "test_data": "test.npy", "samples": 500}
+    train(TrainConfig(**config, out=str(tmp_path / "run")))
+    assert "test_data_fingerprint" in load_checkpoint(tmp_path / "run")
+    assert evaluate_run(tmp_path / "run", n_samples=2, n_examples=2, device="cpu")["test_elbo"] < 0
+    monkeypatch.chdir(tmp_path / "b")
+    match = (r"the run's --test-data test.npy \(a relative path, read from .*b\) holds other test data than the run "
+             r"was evaluated on")
+    with pytest.raises(ValueError, match=match):
+        evaluate_run(tmp_path / "run", n_samples=2, n_examples=2, device="cpu")
+    with pytest.raises(ValueError, match=match):
+        plot_run(tmp_path / "run", device="cpu")
+    # a resume with another --test-data (allowed) records that file's rows from then on
+    train(TrainConfig(**{**config, "samples": 1000}, out=str(tmp_path / "run"), resume=True))
+    assert evaluate_run(tmp_path / "run", n_samples=2, n_examples=2, device="cpu")["test_elbo"] < 0

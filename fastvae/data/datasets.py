@@ -76,6 +76,9 @@ class Dataset:
         fingerprint: ``"sha256:<hex>"`` of the training data's rows (of the whole file when the
             test rows are split off it), computed by the validation scan: what ``--resume``
             compares, so a moved file resumes and a changed one is refused.
+        test_fingerprint: the same of a separate test file's rows (None when the test rows are split
+            off the training file, which ``fingerprint`` covers): what ``fastvae eval`` / ``plot``
+            compare, so a relative ``--test-data`` read from another directory is refused.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Dataset:
     source: str
     outside_unit: str | None = None
     fingerprint: str | None = None
+    test_fingerprint: str | None = None
 
     @property
     def num_features(self) -> int:
@@ -247,6 +251,7 @@ def load_fashion_mnist(directory: str | os.PathLike | None = None) -> Dataset:
 def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.PathLike | None) -> Dataset:
     train, example_shape = read_array_file(train_path)
     divisor, kind, outside, fingerprint = _scaling(train, os.fspath(train_path))
+    test_fingerprint = None
     if test_path is None:
         train, test = _split_off_test(train)
         source = f"{os.fspath(train_path)} (last {test.shape[0]} rows as test)"
@@ -292,7 +297,7 @@ def _from_files(name: str, train_path: str | os.PathLike, test_path: str | os.Pa
             kind, outside = "real", outside or test_outside
         source = f"{os.fspath(train_path)} + {os.fspath(test_path)}"
     return Dataset(name=name, train=train, test=test, example_shape=example_shape, kind=kind, divisor=divisor,
-                   source=source, outside_unit=outside, fingerprint=fingerprint)
+                   source=source, outside_unit=outside, fingerprint=fingerprint, test_fingerprint=test_fingerprint)
 
 
 def load_dataset(data: str | os.PathLike = "digits", *, test: str | os.PathLike | None = None) -> Dataset:
