@@ -106,6 +106,15 @@ def check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path, world_s
                 f"--resume: {_flag_for(name)} ({name}) is {now.get(name)!r} but the checkpoint in {path} was "
                 f"trained with {saved.get(name)!r}; only {', '.join(_changeable_flags())} may change"
             )
+    if (saved_cfg.test_data is None) != (cfg.test_data is None):
+        # --test-data may change, but not appear or go: without a test file the last rows of --data are
+        # held out, so the training set itself would change (refused further on, naming no flag)
+        if cfg.test_data is None:
+            raise ValueError(f"--resume: {path} was trained with --test-data {saved_cfg.test_data}; without a test "
+                             "file the last rows of --data would be held out, another training set: pass a "
+                             "--test-data file")
+        raise ValueError(f"--resume: {path} was trained without --test-data (the last rows of --data held out); "
+                         f"--test-data {cfg.test_data} would make all of --data the training set: leave it out")
     if state.get("model_class") != model_class:
         raise ValueError(f"--resume: the model is a {model_class} but {path} holds a {state.get('model_class')}")
     if int(state["world_size"]) != world_size:

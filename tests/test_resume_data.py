@@ -55,6 +55,28 @@ def test_changed_data_at_the_same_path_is_refused(data_file, tmp_path):
     assert load_checkpoint(out)["step"] == 10
 
 
+def test_a_test_file_that_appears_or_goes_on_resume_is_named(data_file, tmp_path):
+    # --test-data may change on resume, but adding or dropping it changes the training set (the last
+    # rows of --data held out or not): refused as "data state was saved with num_examples=400 but this
+    # run has num_examples=360", naming no flag
+    path, rows = data_file
+    np.save(tmp_path / "test.npy", 1.0 - rows[:40])
+    np.save(tmp_path / "other-test.npy", rows[:40])
+    with_test, without = tmp_path / "with", tmp_path / "without"
+    train(TrainConfig(**SMALL, data=str(path), test_data=str(tmp_path / "test.npy"), out=str(with_test)), stop_after=10)
+    train(TrainConfig(**SMALL, data=str(path), out=str(without)), stop_after=10)
+    with pytest.raises(ValueError, match=rf"^--resume: {with_test / 'checkpoint.pt'} was trained with --test-data "
+                                         r".*test.npy; without a test file the last rows of --data would be held out"):
+        train(TrainConfig(**SMALL, data=str(path), out=str(with_test), resume=True))
+    with pytest.raises(ValueError, match=rf"^--resume: {without / 'checkpoint.pt'} was trained without --test-data "
+                                         r"\(the last rows of --data held out\); --test-data .*test.npy would make"):
+        train(TrainConfig(**SMALL, data=str(path), test_data=str(tmp_path / "test.npy"), out=str(without), resume=True))
+    # another test file is fine: the training set stays
+    train(TrainConfig(**SMALL, data=str(path), test_data=str(tmp_path / "other-test.npy"), out=str(with_test),
+                      resume=True))
+    assert load_checkpoint(with_test)["step"] == 30
+
+
 def test_a_checkpoint_without_a_fingerprint_compares_the_data_by_name(data_file, tmp_path):
     path, _ = data_file
     out = tmp_path / "run"
