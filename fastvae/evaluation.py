@@ -57,6 +57,22 @@ def require_examples(data: torch.Tensor) -> None:
         raise ValueError(f"data has no examples (shape {tuple(data.shape)}); evaluate at least one")
 
 
+def require_features(data: torch.Tensor, name: str = "data") -> None:
+    """``data`` must hold what the model sees: floats, or integers used as they are (0/1 pixels,
+    counts). uint8 values above 1 are 8-bit pixels, which fastvae's data layer divides by 255
+    before any model sees them: evaluated as 0..255 they gave a Bernoulli ELBO of +2,000 nats
+    without a word, so they are refused (one host sync, for uint8 data only)."""
+    if data.dtype == torch.uint8 and data.numel() and int(data.max()) > 1:
+        raise ValueError(f"{name} is uint8 with values up to {int(data.max())}: 8-bit pixels, which the model was "
+                         f"trained on divided by 255 (fastvae's data layer does so); pass {name}.float() / 255")
+
+
+def as_features(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the model's float input (:func:`require_features`)."""
+    require_features(x, "x")
+    return x if x.is_floating_point() else x.float()
+
+
 def model_likelihood(model: nn.Module, likelihood: str | None) -> str:
     """``likelihood``, or the model's own ``likelihood`` attribute when None."""
     if likelihood is not None:
@@ -73,6 +89,7 @@ def elbo_per_example(model: nn.Module, x: torch.Tensor, likelihood: str | None =
                      seed: int = EVAL_SEED, first_row: int = 0) -> torch.Tensor:
     """ELBO of each example of ``x`` (B, *example_shape), averaged over ``n_samples`` draws of z:
     shape (B,). The draws are rows ``first_row ...`` of ``seed``'s noise stream."""
+    x = as_features(x)
     out = aevb_objective(model, x, Noise.from_int(seed, x.device, first_row), 1.0,
                          likelihood=model_likelihood(model, likelihood), objective=ELBO(n_samples))
     return out.log_likelihood - out.kl
@@ -84,6 +101,7 @@ def importance_log_weights(model: nn.Module, x: torch.Tensor, n_samples: int,
     """log p(x, z_k) - log q(z_k|x) for K = ``n_samples`` draws z_k ~ q(z|x) (torch's generator):
     shape (K, B). The draws and log q - log p come from the fused latent head in one pass."""
     likelihood = model_likelihood(model, likelihood)
+    x = as_features(x)
     b = x.shape[0]
     rows = x.reshape(b, -1)
     mu, logvar = model.encode(x)
@@ -143,6 +161,7 @@ def dataset_elbo(
     likelihood = model_likelihood(model, likelihood)
     require_count("batch_size", batch_size)
     require_examples(data)
+    require_features(data)
 
     def per_batch(xb: torch.Tensor, start: int) -> torch.Tensor:
         return elbo_per_example(model, xb, likelihood, n_samples, seed, first_row=start)
@@ -161,6 +180,7 @@ def dataset_log_px(
     require_count("n_samples", n_samples)
     require_count("batch_size", batch_size)
     require_examples(data)
+    require_features(data)
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -185,6 +205,7 @@ def dataset_log_px_stats(
     n_samples = require_count("n_samples", n_samples)
     require_count("batch_size", batch_size)
     require_examples(data)
+    require_features(data)
     device = next(model.parameters()).device
     estimates, variances = [], []
     was_training = model.training
@@ -224,6 +245,7 @@ def posterior_diagnostics(
     """
     require_count("batch_size", batch_size)
     require_examples(data)
+    require_features(data)
     device = next(model.parameters()).device
     kl_sum = mu_sum = mu_square_sum = None
     was_training = model.training

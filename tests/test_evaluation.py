@@ -195,3 +195,41 @@ def test_no_examples_and_bad_counts_are_refused_naming_the_argument():
             importance_sampled_log_px(model, x, n_samples=bad)
         with pytest.raises(ValueError, match=f"n_samples must be a positive integer, got {bad!r}"):
             dataset_log_px_stats(model, x, n_samples=bad)
+
+
+class BernoulliVAE(nn.Module):
+    """A small Bernoulli VAE on D binary features (weights fixed by a seed)."""
+
+    likelihood = "bernoulli"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc, self.dec = nn.Linear(D, 2 * Z), nn.Linear(Z, D)
+
+    def encode(self, x):
+        return self.enc(x).chunk(2, -1)
+
+    def decode(self, z):
+        return self.dec(z)
+
+
+def test_uint8_pixels_above_1_are_refused_naming_the_data():
+    # uint8 0..255 pixels (which fastvae's data layer divides by 255) were evaluated as 0..255:
+    # a Bernoulli ELBO of thousands of positive nats, active units, log p(x), without a word
+    from fastvae.evaluation import dataset_log_px_stats, posterior_diagnostics
+
+    model = BernoulliVAE()
+    pixels = torch.randint(0, 256, (20, D), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    message = r"data is uint8 with values up to 255: 8-bit pixels, .* pass data.float\(\) / 255"
+    for run in (lambda x: dataset_elbo(model, x), lambda x: dataset_log_px(model, x, n_samples=3),
+                lambda x: dataset_log_px_stats(model, x, n_samples=3), lambda x: posterior_diagnostics(model, x)):
+        with pytest.raises(ValueError, match=message):
+            run(pixels)
+    for run in (lambda x: elbo_per_example(model, x), lambda x: importance_sampled_log_px(model, x, n_samples=3)):
+        with pytest.raises(ValueError, match=message.replace("data", "x")):
+            run(pixels)
+    # 0/1 uint8 data, as the data layer keeps it, evaluates like its floats
+    binary = (pixels > 127).to(torch.uint8)
+    assert dataset_elbo(model, binary) == dataset_elbo(model, binary.float())
+    torch.testing.assert_close(elbo_per_example(model, binary), elbo_per_example(model, binary.float()))
