@@ -14,9 +14,11 @@ def require_float_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
+        # uint8 is most often 8-bit pixels: plain .float() would hand on 0..255 as the values
+        pixels = f" ({name}.float() / 255 for 8-bit pixels in 0..255)" if value.dtype == torch.uint8 else ""
         raise TypeError(
             f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {value.dtype}; "
-            f"convert it with {name}.float()"
+            f"convert it with {name}.float(){pixels}"
         )
     return value
 

@@ -121,7 +121,7 @@ def test_kl_shaped_like_trailing_example_dims_is_accepted(any_backend):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: fastvae.bernoulli_log_likelihood(LOGITS, (X * 255).to(torch.uint8)), r"x must be a floating-point tensor.*uint8"),
+        (lambda: fastvae.bernoulli_log_likelihood(LOGITS, (X * 255).to(torch.uint8)), r"x must be a floating-point tensor.*uint8; convert it with x.float\(\) \(x.float\(\) / 255 for 8-bit pixels in 0..255\)"),
         (lambda: fastvae.bernoulli_log_likelihood(LOGITS, X > 0.5), r"x must be a floating-point tensor.*bool"),
         (lambda: fastvae.bernoulli_log_likelihood(LOGITS.long(), X), r"logits must be a floating-point tensor.*int64"),
         (lambda: fastvae.continuous_bernoulli_log_likelihood(LOGITS.int(), X), r"logits must be a floating-point"),
