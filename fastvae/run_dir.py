@@ -152,6 +152,7 @@ class RunDirectory:
         self.staging: Path | None = None
         self._locks: list[tuple[int, Path]] = []
         self._created = False
+        self._fresh = False  # opened holding no run (not a resume): a run that never checkpoints leaves nothing
 
     # -- opening -----------------------------------------------------------------------------
     def open(self) -> "RunDirectory":
@@ -183,6 +184,7 @@ class RunDirectory:
                     "or --overwrite to replace it")
             if present and self.overwrite:
                 self._stage()
+            self._fresh = not present and not self.resume
         except BaseException:
             self.close()
             raise
@@ -252,10 +254,20 @@ class RunDirectory:
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:
         """Release the locks; drop a replacement that was never committed (the old run stays),
-        and a directory this run created but never wrote to."""
+        and a directory this run created but never wrote to. A new run (DIR held none) that
+        stops before its first checkpoint (an error in its first steps) leaves no run files: its
+        config.json and metrics.csv alone are not a run ``--resume`` can continue, and would make
+        a plain rerun on DIR ask for ``--overwrite``."""
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
+        if self._fresh and self._locks and not (self.real / CHECKPOINT_NAME).exists():
+            for name in RUN_FILES:
+                try:
+                    (self.real / name).unlink()
+                except FileNotFoundError:
+                    pass
+        self._fresh = False
         for fd, lock_path in reversed(self._locks):
             try:
                 if same_file(lock_path, fd):

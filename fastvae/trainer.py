@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -96,6 +97,29 @@ def make_objective(cfg: TrainConfig) -> Objective:
     if cfg.objective == "iwae":
         return IWAE(cfg.samples_per_example, cfg.estimator)
     return ELBO(cfg.samples_per_example, path_gradient=cfg.estimator == "dreg")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator's failure (CPU or CUDA) rather than another error."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+
+
+def out_of_memory_message(cfg: TrainConfig, example_shape: tuple[int, ...], exc: BaseException) -> str:
+    """One line naming the settings that size a run's largest allocations (the allocator's own
+    message names none): the batch x draws x features of a step, and the model's widths."""
+    features = math.prod(example_shape)
+    draws = cfg.samples_per_example
+    sizes = [f"--batch-size {cfg.batch_size} x --samples-per-example {draws} x {features} features per example "
+             f"(= {cfg.batch_size * draws * features:,} values per layer output)"]
+    if cfg.model is not None:
+        sizes.append(f"--hidden {cfg.model.hidden_dim}, --latent {cfg.model.latent_dim}, --depth {cfg.model.depth}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    found = re.search(r"allocate ([0-9]+) bytes", first) or re.search(r"allocate ([0-9.]+ [KMGTP]?i?B)", first)
+    asked = f" ({found.group(1)}{' bytes' if found.group(1).isdigit() else ''} at once)" if found else ""
+    return (f"out of memory{asked} training on {cfg.device}: the run is sized by " + "; ".join(sizes)
+            + "; lower --batch-size, --samples-per-example or --hidden")
 
 
 def run_config(cfg: TrainConfig, model: nn.Module | None) -> TrainConfig:
@@ -412,11 +436,16 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
         dataset = load_dataset(cfg.data, test=cfg.test_data)
         if state is not None:
             check_same_data(state, dataset.fingerprint, path, cfg.data)
-        trainer = Trainer(cfg, group, dataset, model, state, run_dir)
-        if cfg.resume and trainer.step >= trainer.steps:
-            return trainer.already_done()
-        trainer.run(stop_after)
-        return trainer.finish()
+        try:
+            trainer = Trainer(cfg, group, dataset, model, state, run_dir)
+            if cfg.resume and trainer.step >= trainer.steps:
+                return trainer.already_done()
+            trainer.run(stop_after)
+            return trainer.finish()
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise MemoryError(out_of_memory_message(cfg, tuple(dataset.example_shape), exc)) from None
     finally:
         if run_dir is not None:
             run_dir.close()

@@ -106,6 +106,19 @@ def test_an_empty_or_missing_directory_trains_and_a_failed_start_leaves_nothing(
     assert not missing.exists()  # the directory it made for the run is gone again
 
 
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_run_and_a_rerun_trains(tmp_path, capsys):
+    # config.json and metrics.csv are written before the first step; a step that fails (here out of
+    # memory: 2**40 draws per example) used to leave them, so a plain rerun was refused as 'already holds a run'
+    for out in (tmp_path / "missing", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        code, err = _cli(capsys, "train", *TINY, "--samples-per-example", str(2**40), "--out", str(out))
+        assert code == 1 and err.count("\n") == 1 and "out of memory" in err
+        assert "--batch-size 50 x --samples-per-example 1099511627776 x 64 features" in err and "--hidden 16" in err
+        assert not out.exists() if out.name == "missing" else list(out.iterdir()) == []
+        assert _cli(capsys, "train", *TINY, "--out", str(out))[0] == 0  # no --overwrite needed
+
+
 def test_overwrite_replaces_the_run(finished_run, tmp_path, capsys):
     out = _copy_run(finished_run, tmp_path / "run")
     for name in ("elbo.png", "samples.png"):
