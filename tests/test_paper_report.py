@@ -86,3 +86,22 @@ def test_data_outside_0_1_is_refused_naming_its_flag(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {flag} {tmp_path / name}: the values are not in [0, 1]") and message in err
         assert "\n" not in err and not (out / "report.md").exists()
+
+
+def test_data_flags_no_asked_experiment_reads_are_refused_and_a_refused_file_makes_no_directory(tmp_path, capsys):
+    # experiment 4 (PPCA) reads neither dataset, experiment 2 not --real-data: both were accepted and
+    # ignored without a word; and --out was made before the data were checked, so a refused file left it
+    import numpy as np
+
+    np.save(tmp_path / "bin.npy", np.zeros((200, 4, 4), np.float32))
+    for experiments, flags, named in (("4", ["--data", "digits"], "--data (data) digits would be ignored"),
+                                      ("4", ["--real-data", str(tmp_path / "bin.npy")], "--real-data (real)"),
+                                      ("2", ["--real-data", str(tmp_path / "bin.npy")], "--real-data (real)")):
+        out = tmp_path / f"out-{experiments}"
+        assert main(["--budget", "tiny", "--out", str(out), *flags, "--experiments", experiments]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and named in err and "\n" not in err and not out.exists()
+    np.save(tmp_path / "f255.npy", np.full((200, 4, 4), 255, np.float32))
+    out = tmp_path / "out-refused"
+    assert main(["--budget", "tiny", "--out", str(out), "--data", str(tmp_path / "f255.npy"), "--experiments", "1"]) == 2
+    assert "the values are not in [0, 1]" in capsys.readouterr().err and not out.exists()

@@ -69,19 +69,29 @@ def run_paper(
     if not experiments:
         # an empty list ran nothing and wrote a report of 0 checks, over any report already in out_dir
         raise ValueError(f"experiments must name at least one of {EXPERIMENTS}, got none")
+    # a dataset no asked experiment reads was accepted and ignored without a word
+    ignored = []
+    if data is not None and not {1, 2, 3} & set(experiments):
+        ignored.append(f"--data (data) {data}")
+    if real is not None and not {1, 3} & set(experiments):
+        ignored.append(f"--real-data (real) {real}")
+    if ignored:
+        raise ValueError(f"{' and '.join(ignored)} would be ignored: --data is read by experiments 1-3 and "
+                         f"--real-data by experiments 1 and 3, and experiments {','.join(map(str, experiments))} "
+                         "were asked; drop the flag or add the experiments")
     if threads is not None:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t_start, cpu_start = time.perf_counter(), time.process_time()
     seconds: dict[str, float] = {}
     results: dict = {"budget": budget.to_dict()}
 
-    binary = real_split = None
+    binary = real_split = None  # loaded (and checked) before out_dir is made: a refused file leaves nothing
     if {1, 2, 3} & set(experiments):
         binary = binary_data(data, budget, device)
         real_split = real_data(real, device)
         log(f"data: binary {binary.name} {tuple(binary.train.shape)}, real {real_split.name} {tuple(real_split.train.shape)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     real_nz2 = None
     if 1 in experiments:
         t = time.perf_counter()
