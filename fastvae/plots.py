@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from .checkpoint import atomic_write  # noqa: E402
 from .evaluation import ACTIVE_UNIT_THRESHOLD, posterior_diagnostics  # noqa: E402
 from .metrics_log import read_metrics  # noqa: E402
+from .models.conv import looks_channels_first  # noqa: E402
 from .models.interface import latent_dim_of, manifold, reconstruct, sample_prior  # noqa: E402
 from .runs import load_run  # noqa: E402
 
@@ -37,7 +38,14 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
 def image_grid(images: np.ndarray, shape: tuple[int, ...], columns: int) -> np.ndarray:
     """(n, D) rows as one tiled image: rows reshaped to ``shape`` — (H, W) grey, (H, W, C)
     channels-last (C = 3 shown as colour, other C as grey tiles of the channel mean) — or shown
-    as 1 x D strips for vector data. Returns (rows, cols) grey or (rows, cols, 3) colour."""
+    as 1 x D strips for vector data. A shape that reads as channels-first (C, H, W) by the data
+    layer's rule (:func:`~fastvae.models.conv.looks_channels_first`: C <= 4 < W, H > 4; ``--arch
+    mlp`` trains on such data) is drawn as C-channel H x W images, not C x H images of W channels.
+    Returns (rows, cols) grey or (rows, cols, 3) colour."""
+    shape = tuple(int(s) for s in shape)
+    if looks_channels_first(shape):
+        images = np.moveaxis(images.reshape(len(images), *shape), 1, -1).reshape(len(images), -1)
+        shape = (shape[1], shape[2], shape[0])
     if len(shape) == 3 and shape[2] == 3:
         h, w, c = shape
     elif len(shape) == 3:

@@ -76,6 +76,29 @@ def test_plots_of_real_valued_data_show_its_range(tmp_path, capsys, monkeypatch)
         assert 0 <= shown[name][0].min() and shown[name][0].max() <= 1
 
 
+def test_plots_draw_channels_first_examples_as_images(tmp_path, capsys, monkeypatch):
+    # --arch mlp trains on channels-first (N, 3, H, W) data; the plots took the example shape
+    # (3, H, W) as 3 x H images of W channels (grey tiles of the mean over W): wrong pictures
+    from fastvae import plots
+
+    rng = np.random.default_rng(0)
+    data = rng.random((200, 3, 6, 5)).astype(np.float32)
+    grid = plots.image_grid(data[:2].reshape(2, -1), (3, 6, 5), 2)
+    assert grid.shape == (1 + 7, 1 + 2 * 6, 3)  # two 6 x 5 colour tiles
+    np.testing.assert_array_equal(grid[1:7, 1:6], np.moveaxis(data[0], 0, -1))
+    np.testing.assert_array_equal(grid[1:7, 7:12], np.moveaxis(data[1], 0, -1))
+    grey = plots.image_grid(data[:1, :1].reshape(1, -1), (1, 6, 5), 1)
+    np.testing.assert_array_equal(grey[1:7, 1:6], data[0, 0])
+    np.save(tmp_path / "chw.npy", data)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "chw.npy"), *TINY, "--out", str(out)]) == 0
+    shown = {}
+    monkeypatch.setattr(plots, "_show_grid", lambda grid, title, path: shown.setdefault(path.name, grid) is None)
+    assert main(["plot", str(out)]) == 0
+    samples = shown["samples.png"]  # 10 columns of 6 x 5 colour tiles, each with a 1-pixel border
+    assert samples.ndim == 3 and samples.shape[2] == 3 and samples.shape[1] == 1 + 10 * 6 and samples.shape[0] % 7 == 1
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -30,6 +30,14 @@ from .linear import Linear
 from .mlp import ACTIVATION_MODULES, paper_init_
 
 
+def looks_channels_first(example_shape: tuple[int, ...]) -> bool:
+    """Whether a 3-d example shape reads as channels-first (C, H, W) images (C <= 4, H and W > 4)
+    rather than the channels-last (H, W, C) the data layer stores: ``--arch conv`` refuses such
+    data, and the plots draw it as (C, H, W) (``--arch mlp`` trains on it flattened)."""
+    shape = tuple(int(s) for s in example_shape)
+    return len(shape) == 3 and shape[0] <= 4 < shape[2] and shape[1] > 4
+
+
 def image_layout(example_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(C, H, W) of examples stored as (H, W) or channels-last (H, W, C); ValueError otherwise."""
     shape = tuple(int(s) for s in example_shape)
@@ -37,7 +45,7 @@ def image_layout(example_shape: tuple[int, ...]) -> tuple[int, int, int]:
         return 1, shape[0], shape[1]
     if len(shape) == 3:
         h, w, c = shape
-        if h <= 4 < c and w > 4:
+        if looks_channels_first(shape):
             raise ValueError(
                 f"--arch conv: examples of shape {shape} look channels-first (C, H, W); the data layer "
                 "expects images channels-last: save the .npy as (N, H, W, C), e.g. np.moveaxis(a, 1, -1)"
