@@ -25,6 +25,8 @@ from .models.interface import latent_dim_of, manifold, reconstruct, sample_prior
 from .runs import load_run  # noqa: E402
 
 DPI = 100
+#: kl_per_dim.png draws at most this many latent dimensions (those with the largest KL).
+MAX_KL_BARS = 64
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
@@ -82,18 +84,29 @@ def plot_elbo_curves(metrics_csv: Path, out: Path) -> Path:
     return save_figure(fig, out)
 
 
-def plot_kl_per_dim(diagnostics: dict, out: Path) -> Path:
+def plot_kl_per_dim(diagnostics: dict, out: Path, max_bars: int = MAX_KL_BARS) -> Path:
     """Bars of the mean KL of each latent dimension (largest first), the active units
-    (Var_x E_q[z_j] > threshold) in colour: where the posterior collapsed to the prior."""
+    (Var_x E_q[z_j] > threshold) in colour: where the posterior collapsed to the prior. Beyond
+    ``max_bars`` dimensions only the ``max_bars`` largest are drawn (the figure stays a few
+    hundred pixels wide at any latent size) and the title sums up the rest."""
     kl = np.asarray(diagnostics["kl_per_dim"])
     active = np.asarray(diagnostics["posterior_mean_variance"]) > ACTIVE_UNIT_THRESHOLD
-    order = np.argsort(-kl)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(kl) + 1.5), 3.5))
-    ax.bar(np.arange(len(kl)), kl[order], color=np.where(active[order], "tab:blue", "tab:gray"))
-    ax.set_xticks(np.arange(len(kl)), [str(j) for j in order], fontsize=6 if len(kl) > 30 else 8)
-    ax.set_xlabel("latent dimension (sorted by KL)")
+    order = np.argsort(-kl, kind="stable")
+    shown = order[:max_bars]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(shown) + 1.5), 3.5))
+    ax.bar(np.arange(len(shown)), kl[shown], color=np.where(active[shown], "tab:blue", "tab:gray"))
+    ax.set_xticks(np.arange(len(shown)), [str(j) for j in shown], fontsize=6 if len(shown) > 30 else 8,
+                  rotation=90 if len(shown) > 30 else 0)
+    title = f"KL per latent dimension: {int(active.sum())} of {len(kl)} active (blue)"
+    if len(order) > len(shown):
+        rest = order[len(shown):]
+        ax.set_xlabel(f"latent dimension: the {len(shown)} of {len(kl)} with the largest KL")
+        title += (f"\nthe other {len(rest)} (not drawn): {float(kl[rest].sum()):.3g} nats in all, "
+                  f"at most {float(kl[rest].max()):.3g}, {int(active[rest].sum())} active")
+    else:
+        ax.set_xlabel("latent dimension (sorted by KL)")
     ax.set_ylabel("KL(q(z_j|x) || N(0, 1)), nats")
-    ax.set_title(f"KL per latent dimension: {int(active.sum())} of {len(kl)} active (blue)")
+    ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, out)
 

@@ -99,6 +99,28 @@ def test_plots_draw_channels_first_examples_as_images(tmp_path, capsys, monkeypa
     assert samples.ndim == 3 and samples.shape[2] == 3 and samples.shape[1] == 1 + 10 * 6 and samples.shape[0] % 7 == 1
 
 
+def test_kl_per_dim_figure_stays_bounded_at_any_latent_size(tmp_path, monkeypatch):
+    # one 18-pixel bar per latent dimension: 97,855 px wide at --latent 7000, 53 s to draw
+    from PIL import Image
+
+    from fastvae import plots
+
+    rng = np.random.default_rng(0)
+    kl, variance = rng.random(7000), rng.random(7000)
+    kl[123] = 5.0  # the largest: drawn first
+    titles = []
+    real_save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure",
+                        lambda fig, path: titles.append(fig.axes[0].get_title()) or real_save(fig, path))
+    path = plots.plot_kl_per_dim({"kl_per_dim": kl, "posterior_mean_variance": variance}, tmp_path / "kl.png")
+    width, height = Image.open(path).size
+    assert width <= 1500 and height <= 500
+    rest = np.sort(kl)[:-plots.MAX_KL_BARS]
+    assert f"the other {7000 - plots.MAX_KL_BARS} (not drawn): {rest.sum():.3g} nats in all" in titles[0]
+    small = plots.plot_kl_per_dim({"kl_per_dim": kl[:5], "posterior_mean_variance": variance[:5]}, tmp_path / "k5.png")
+    assert Image.open(small).size[0] < width
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
