@@ -32,7 +32,6 @@ most 8 files from its $OUT) every stage also refreshes ``DIR/<slug>-gpu-session-
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shutil

@@ -429,7 +429,6 @@ def run(info: common.DeviceInfo, settings: Settings, models: Sequence[str] = ("p
                     log(f"[train] {spec.name} {name} run {rep + 1}/{repeats}: "
                         f"{common.format_value(steady_samples_per_s(outcome.trajectory))} samples/s, "
                         f"train ELBO {outcome.trajectory.elbo[-1]:.2f}, test ELBO {common.format_value(outcome.test_elbo)}")
-            outcomes: dict[str, RunOutcome] = {}
             model_rows = []
             for name, impl, _ in contenders:
                 row = {**info.tags(), "model": spec.name, "arch": spec.label,

@@ -7,7 +7,6 @@ In-process (``fastvae.cli.main`` with captured stderr) wherever no real process 
 needed; the kills and the kernel's file-size limit run in subprocesses (test_run_dir.py has the
 kill -9 cases)."""
 
-import dataclasses
 import errno
 import json
 import os
@@ -16,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +23,17 @@ import torch
 
 from fastvae import checkpoint, run_dir
 from fastvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from fastvae.cli import build_parser, main
+from fastvae.cli import main
 from fastvae.models.config import ARCHS
 from fastvae.settings import INT64_MAX, flag_of, settings_fields, value_type
 from fastvae.train_config import TrainConfig
 from fastvae.metrics_log import COLUMNS
 from fastvae.train_state import EVALUATION_ENTRIES
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--latent", "2", "--hidden", "16", "--samples", "1000", "--batch-size", "50", "--device", "cpu",
-        "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "5"]
+from _runs import ROOT, TINY, copy_run, snapshot, train_tiny_run
+
 EVAL = ["--samples", "2", "--examples", "2", "--device", "cpu"]
 PROGRESS = re.compile(r"^fastvae \S+: step \d+/\d+ ")
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def _one_line_error(capsys, *argv, code: int = 1) -> str:
@@ -60,16 +53,7 @@ def _one_line_error(capsys, *argv, code: int = 1) -> str:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-def _copy_run(source: Path, target: Path) -> Path:
-    target.mkdir(parents=True)
-    for name, data in _snapshot(source).items():
-        (target / name).write_bytes(data)
-    return target
+    return train_tiny_run(tmp_path_factory.mktemp("finished") / "run")
 
 
 # ---- every flag with bad values (generated from the settings' declarations) ----
@@ -263,28 +247,28 @@ def foreign_checkpoints(finished_run):
                                   "config-not-a-dict", "unknown-setting", "bad-setting"])
 def test_a_bad_checkpoint_is_one_line_and_nothing_is_changed(finished_run, foreign_checkpoints, capsys, tmp_path,
                                                              command, kind):
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     (out / CHECKPOINT_NAME).write_bytes(foreign_checkpoints[kind])
-    before = _snapshot(out)
+    before = snapshot(out)
     line = _one_line_error(capsys, *_commands(out)[command])
     assert str(out / CHECKPOINT_NAME) in line, line
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize("entry", list(EVALUATION_ENTRIES))
 def test_plot_names_a_missing_checkpoint_entry(finished_run, capsys, tmp_path, entry):
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     state = load_checkpoint(out)
     del state[entry]
     save_checkpoint(out / CHECKPOINT_NAME, state)
-    before = _snapshot(out)
+    before = snapshot(out)
     assert f"has no '{entry}' entry" in _one_line_error(capsys, "plot", str(out), "--device", "cpu")
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def test_a_checkpoint_of_another_model_is_one_line(finished_run, capsys, tmp_path):
     """The weights of one architecture under the settings of another; a class path that is gone."""
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     state = load_checkpoint(out)
     state["config"]["model"] = {**state["config"]["model"], "hidden_dim": 17}
     save_checkpoint(out / CHECKPOINT_NAME, state)
@@ -304,7 +288,7 @@ def test_a_checkpoint_of_another_model_is_one_line(finished_run, capsys, tmp_pat
 def test_a_corrupt_config_json_changes_nothing(finished_run, capsys, tmp_path):
     """config.json is for people and other tools: eval, plot and --resume read the checkpoint's
     settings; --resume writes a valid config.json again."""
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     (out / "config.json").write_bytes(b'{"seed": 0, "trunc')
     capsys.readouterr()
     for command in ("eval", "plot", "resume"):
@@ -320,18 +304,18 @@ def test_a_corrupt_config_json_changes_nothing(finished_run, capsys, tmp_path):
      "5,250,-40,,1000,1,,\nxx,500,-30,,1000,2,,\n10,500,-30,,1000,2,,\n", "metrics.csv, line 3: step is 'xx'"),
 ])
 def test_a_bad_metrics_file_is_one_line_for_resume_and_plot(finished_run, capsys, tmp_path, content, message):
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     (out / "metrics.csv").write_text(content)
-    before = _snapshot(out)
+    before = snapshot(out)
     for command in ("plot", "resume"):
         assert message in _one_line_error(capsys, *_commands(out)[command])
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def test_a_corrupt_safetensors_file_is_written_again_by_a_resume(finished_run, capsys, tmp_path):
     from safetensors.torch import load_file
 
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     (out / "model.safetensors").write_bytes(b"\x00" * 10)
     capsys.readouterr()
     assert main(["train", *TINY, "--out", str(out), "--resume"]) == 0  # nothing to train; exports again
@@ -563,7 +547,7 @@ def test_unexpected_errors_are_still_one_line(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("rows", ["", "5,250,,,1000,1,,\n"], ids=["no-rows", "no-train-elbo"])
 def test_plot_draws_a_metrics_file_with_nothing_to_draw_yet(finished_run, capsys, tmp_path, rows):
     """A run killed before its first metrics row, or rows without a train ELBO (valid rows)."""
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     (out / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + rows)
     capsys.readouterr()
     assert main(["plot", str(out), "--device", "cpu"]) == 0
@@ -587,7 +571,7 @@ def test_a_reader_that_closes_stdout_early_gets_no_error_message(finished_run, c
 
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert main(["plot", str(_copy_run(finished_run, tmp_path / "run")), "--device", "cpu"]) == 1
+    assert main(["plot", str(copy_run(finished_run, tmp_path / "run")), "--device", "cpu"]) == 1
     monkeypatch.undo()
     assert capsys.readouterr().err == ""
     sink.close()

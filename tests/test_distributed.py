@@ -9,30 +9,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from torch import nn
 
 from fastvae.checkpoint import load_checkpoint
 from fastvae.models import MLPConfig
 from fastvae.trainer import TrainConfig, train
 
+from _models import SmallVAE
+
 CONFIG = dict(data="digits", samples=2000, log_every=5, eval_every=1000, checkpoint_every=1000, device="cpu", seed=3)
 MODELS = {"mlp": dict(model=MLPConfig(latent_dim=2, hidden_dim=32)),
-          "custom": dict(model=None, model_class=f"{__name__}:SmallVAE", model_args={"width": 16})}
-
-
-class SmallVAE(nn.Module):
-    """A user's model, imported by class path in every process."""
-
-    def __init__(self, width: int = 8):
-        super().__init__()
-        self.enc = nn.Linear(64, 4)
-        self.dec = nn.Sequential(nn.Linear(2, width), nn.Tanh(), nn.Linear(width, 64))
-
-    def encode(self, x):
-        return self.enc(x.flatten(1)).chunk(2, dim=-1)
-
-    def decode(self, z):
-        return self.dec(z)
+          "custom": dict(model=None, model_class="_models:SmallVAE", model_args={"width": 16})}
 
 
 def _free_port() -> int:

@@ -107,7 +107,6 @@ def test_path_gradient_elbo_matches_stop_gradient_formula(backend, backend_name,
 
     backend(backend_name)
     model = Tiny()
-    params = list(model.parameters())
     out = aevb_objective(model, X, Noise.from_int(9), 0.7, objective=ELBO(L, path_gradient=True))
     got = _grads(model, out.objective)
     # the same noise: ELBO's draw l of example i is noise row i * L + l

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from fastvae.paper import run_paper
 from fastvae.paper.__main__ import main

@@ -6,12 +6,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from fastvae.checkpoint import load_checkpoint, save_checkpoint
 from fastvae.models import MLPConfig
 from fastvae.train_config import TrainConfig
 from fastvae.trainer import train
+
+from _models import SmallVAE
 
 SMALL = dict(model=MLPConfig(latent_dim=2, hidden_dim=16), batch_size=50, samples=1500, log_every=5, eval_every=10,
              checkpoint_every=10, device="cpu")
@@ -92,25 +93,14 @@ def test_a_checkpoint_without_a_fingerprint_compares_the_data_by_name(data_file,
     assert load_checkpoint(out)["step"] == 30
 
 
-class Sized(nn.Module):
-    def __init__(self, width: int = 8):
-        super().__init__()
-        self.enc = nn.Linear(64, 4)
-        self.dec = nn.Sequential(nn.Linear(2, width), nn.Tanh(), nn.Linear(width, 64))
-
-    def encode(self, x):
-        return self.enc(x.flatten(1)).chunk(2, dim=-1)
-
-    def decode(self, z):
-        return self.dec(z)
 
 
 def test_your_model_built_differently_is_named_on_resume(tmp_path):
     """An instance handed to train() has no recorded arguments: weights that do not fit the new
     instance are one line naming the first mismatches, not a multi-line load_state_dict error."""
     cfg = dict(SMALL, model=None, data="digits")
-    train(TrainConfig(**cfg, out=str(tmp_path)), model=Sized(8), stop_after=5)
-    with pytest.raises(ValueError, match=r"^--resume: .*checkpoint.pt: the weights do not fit the Sized built from the "
+    train(TrainConfig(**cfg, out=str(tmp_path)), model=SmallVAE(8), stop_after=5)
+    with pytest.raises(ValueError, match=r"^--resume: .*checkpoint.pt: the weights do not fit the SmallVAE built from the "
                                          r"run's settings \(shape \(checkpoint vs model\): dec.0.weight \(8, 2\) vs "
                                          r"\(5, 2\), dec.0.bias \(8,\) vs \(5,\), dec.2.weight \(64, 8\) vs \(64, 5\)\)"):
-        train(TrainConfig(**cfg, out=str(tmp_path), resume=True), model=Sized(5))
+        train(TrainConfig(**cfg, out=str(tmp_path), resume=True), model=SmallVAE(5))

@@ -23,16 +23,7 @@ from fastvae.run_dir import LOCK_NAME, RunDirectory, RunDirectoryError
 from fastvae.train_config import TrainConfig
 from fastvae.trainer import NonFiniteLossError, train
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--latent", "2", "--hidden", "16", "--samples", "1000", "--batch-size", "50", "--device", "cpu",
-        "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "5"]
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file in ``directory`` (recursively) and its bytes; not the lock file, which a killed
-    trainer leaves behind (it is not part of the run, and the next trainer reuses it)."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+from _runs import ROOT, TINY, copy_run, snapshot, train_tiny_run
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -53,16 +44,7 @@ def _cli(capsys, *argv) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A finished tiny run (20 steps) to copy: its files are what must never be lost."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-def _copy_run(source: Path, target: Path) -> Path:
-    target.mkdir(parents=True)
-    for name, data in _snapshot(source).items():
-        (target / name).write_bytes(data)
-    return target
+    return train_tiny_run(tmp_path_factory.mktemp("finished") / "run")
 
 
 def _params(path):
@@ -78,15 +60,15 @@ def _assert_same_params(a, b):
 
 
 def test_an_existing_run_is_refused_without_resume_or_overwrite(finished_run, tmp_path, capsys):
-    out = _copy_run(finished_run, tmp_path / "run")
-    before = _snapshot(out)
+    out = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(out)
     code, err = _cli(capsys, "train", *TINY, "--seed", "1", "--out", str(out))
     assert code == 1 and err.count("\n") == 1
     assert err == (f"fastvae: error: --out {out} already holds a run (checkpoint.pt, metrics.csv, config.json, "
                    "model.safetensors): add --resume to continue it, or --overwrite to replace it\n")
     with pytest.raises(RunDirectoryError, match="already holds a run"):
         train(TrainConfig(data="digits", samples=100, device="cpu", out=str(out)))
-    assert _snapshot(out) == before and _leftovers(out) == []
+    assert snapshot(out) == before and _leftovers(out) == []
     # one run file is enough to make it a run (a run killed before its first checkpoint)
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -120,15 +102,15 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_run_and_a_re
 
 
 def test_overwrite_replaces_the_run(finished_run, tmp_path, capsys):
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     for name in ("elbo.png", "samples.png"):
         (out / name).write_bytes(b"old figure")  # the old run's figures go with it
     os.chmod(out, 0o750)
-    before = _snapshot(out)
+    before = snapshot(out)
     assert _cli(capsys, "train", *TINY, "--seed", "1", "--out", str(out), "--overwrite")[0] == 0
     assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.csv", "config.json", "model.safetensors"}
     assert load_checkpoint(out)["config"]["seed"] == 1 and load_checkpoint(out)["step"] == 20
-    assert _snapshot(out)["checkpoint.pt"] != before["checkpoint.pt"]
+    assert snapshot(out)["checkpoint.pt"] != before["checkpoint.pt"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o750  # the directory keeps its permissions
     assert _leftovers(out) == []
     # the new run is a run like any other: it resumes, and a fresh train is refused again
@@ -139,13 +121,13 @@ def test_overwrite_replaces_the_run(finished_run, tmp_path, capsys):
 
 
 def test_overwrite_refuses_to_delete_files_fastvae_did_not_write(finished_run, tmp_path, capsys, monkeypatch):
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     (out / "notes.txt").write_text("mine")
-    before = _snapshot(out)
+    before = snapshot(out)
     code, err = _cli(capsys, "train", *TINY, "--out", str(out), "--overwrite")
     assert code == 1 and err.count("\n") == 1
     assert f"--overwrite would delete files in {out} that fastvae did not write (notes.txt)" in err
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     (out / "notes.txt").unlink()
     monkeypatch.chdir(out)
     code, err = _cli(capsys, "train", *TINY, "--out", ".", "--overwrite")
@@ -155,8 +137,8 @@ def test_overwrite_refuses_to_delete_files_fastvae_did_not_write(finished_run, t
 def test_an_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(finished_run, tmp_path, monkeypatch):
     from fastvae import train_step
 
-    out = _copy_run(finished_run, tmp_path / "run")
-    before = _snapshot(out)
+    out = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(out)
     real = train_step.aevb_objective
 
     def nan_at_step_3(*args, _calls=[0], **kwargs):
@@ -169,12 +151,12 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(f
     with pytest.raises(NonFiniteLossError, match=f"no checkpoint was written yet; the run it was to replace is "
                                                  f"intact in {out}"):
         train(cfg)
-    assert _snapshot(out) == before and _leftovers(out) == []
+    assert snapshot(out) == before and _leftovers(out) == []
 
 
 def test_a_full_disk_during_an_overwrite_keeps_the_old_run(finished_run, tmp_path, capsys, monkeypatch):
-    out = _copy_run(finished_run, tmp_path / "run")
-    before = _snapshot(out)
+    out = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(out)
     real_save = torch.save
 
     def disk_full(obj, f, *args, **kwargs):
@@ -186,7 +168,7 @@ def test_a_full_disk_during_an_overwrite_keeps_the_old_run(finished_run, tmp_pat
     assert "no space left on device writing" in err and ".run.fastvae-new-" in err
     assert err.endswith(f"; the run --overwrite was to replace is intact in {out}\n")
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
-    assert _snapshot(out) == before and _leftovers(out) == []
+    assert snapshot(out) == before and _leftovers(out) == []
 
 
 def test_without_an_atomic_exchange_two_renames_and_a_crash_between_them_is_recovered(
@@ -194,8 +176,8 @@ def test_without_an_atomic_exchange_two_renames_and_a_crash_between_them_is_reco
     """Where directories cannot be exchanged: DIR -> .DIR.fastvae-old-*, new -> DIR. A crash
     between the two renames (simulated: the second fails) leaves no DIR; the next command on
     DIR puts the old run back."""
-    out = _copy_run(finished_run, tmp_path / "run")
-    before = _snapshot(out)
+    out = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(out)
 
     def no_exchange(a, b):
         raise OSError(errno.EINVAL, "Invalid argument")
@@ -204,7 +186,7 @@ def test_without_an_atomic_exchange_two_renames_and_a_crash_between_them_is_reco
     assert _cli(capsys, "train", *TINY, "--seed", "1", "--out", str(out), "--overwrite")[0] == 0
     assert load_checkpoint(out)["config"]["seed"] == 1 and _leftovers(out) == []
 
-    out2 = _copy_run(finished_run, tmp_path / "run2")
+    out2 = copy_run(finished_run, tmp_path / "run2")
     real_rename, renames = os.rename, []
 
     def crash_on_the_second_rename(src, dst):
@@ -220,7 +202,7 @@ def test_without_an_atomic_exchange_two_renames_and_a_crash_between_them_is_reco
     assert not out2.exists()
     code, err = _cli(capsys, "eval", str(out2), "--samples", "2", "--examples", "2", "--device", "cpu")
     assert code == 0 and err.count("\n") == 1 and "fastvae: warning: restored" in err
-    assert _snapshot(out2) == before
+    assert snapshot(out2) == before
     assert [name.split("-")[1] for name in _leftovers(out2)] == ["new"]  # the unfinished new run: stale
     assert _cli(capsys, "train", *TINY, "--out", str(out2), "--resume")[0] == 0  # nothing to train; cleans up
     assert _leftovers(out2) == []
@@ -230,8 +212,8 @@ def test_without_an_atomic_exchange_two_renames_and_a_crash_between_them_is_reco
 
 
 def test_a_second_trainer_on_the_same_directory_is_refused(finished_run, tmp_path, capsys):
-    out = _copy_run(finished_run, tmp_path / "run")
-    before = _snapshot(out)
+    out = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(out)
     with RunDirectory(out, resume=True):  # what a training process holds
         assert (out / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")
         for extra in (["--resume", "--samples", "2000"], ["--overwrite"]):
@@ -241,7 +223,7 @@ def test_a_second_trainer_on_the_same_directory_is_refused(finished_run, tmp_pat
         # eval and plot read a run while it trains
         assert _cli(capsys, "eval", str(out), "--samples", "2", "--examples", "2", "--device", "cpu")[0] == 0
     assert not (out / LOCK_NAME).exists()  # released and removed
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert _cli(capsys, "train", *TINY, "--out", str(out), "--resume", "--samples", "1500")[0] == 0
 
 
@@ -249,7 +231,7 @@ def test_a_second_trainer_on_the_same_directory_is_refused(finished_run, tmp_pat
 
 
 def test_stale_temporary_files_are_removed_and_only_those(finished_run, tmp_path, capsys):
-    out = _copy_run(finished_run, tmp_path / "run")
+    out = copy_run(finished_run, tmp_path / "run")
     stale = [out / ".checkpoint.pt.k3j9a_x1.tmp", out / ".metrics.csv.ab12cd34.tmp", out / ".elbo.png.00000000.tmp"]
     kept = [out / ".notes.txt.ab12cd34.tmp",          # not a file fastvae writes
             out / ".checkpoint.pt.toolong99.tmp",     # not fastvae's temporary name
@@ -384,9 +366,9 @@ def killed_runs(finished_run, tmp_path_factory):
         out = base / scenario
         extra = []
         if scenario.startswith("overwrite"):
-            _copy_run(finished_run, out)
+            copy_run(finished_run, out)
             extra = ["--overwrite", "--seed", "1"]
-        before = _snapshot(out) if out.exists() else {}
+        before = snapshot(out) if out.exists() else {}
         proc = subprocess.Popen([sys.executable, "-c", CRASH_DRIVER, scenario, *TINY, "--out", str(out), *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         runs[scenario] = (out, before, proc)
@@ -412,7 +394,7 @@ def test_kill_during_a_checkpoint_write_then_resume_is_exact(killed_runs, tmp_pa
 def test_kill_during_an_overwrite_before_the_swap_leaves_the_old_run(killed_runs, capsys):
     out, before, code = killed_runs["overwrite-before-swap"]
     assert code == -9
-    assert _snapshot(out) == before  # byte for byte
+    assert snapshot(out) == before  # byte for byte
     assert _leftovers(out)  # the new run's directory, stale
     assert _cli(capsys, "train", *TINY, "--out", str(out), "--resume", "--samples", "1500")[0] == 0
     assert _leftovers(out) == [] and load_checkpoint(out)["step"] == 30
@@ -435,7 +417,7 @@ def test_kill_between_the_two_renames_of_an_overwrite_is_recovered(killed_runs, 
     assert code == -9 and not out.exists()
     code, err = _cli(capsys, "train", *TINY, "--out", str(out), "--resume")  # restores, then has nothing to do
     assert code == 0 and "restored" in err and "nothing to train" in err
-    assert {k: v for k, v in _snapshot(out).items() if k != "model.safetensors"} == \
+    assert {k: v for k, v in snapshot(out).items() if k != "model.safetensors"} == \
         {k: v for k, v in before.items() if k != "model.safetensors"}
     assert _leftovers(out) == []
 
@@ -449,12 +431,12 @@ def test_overwrite_refuses_a_mount_point(finished_run, tmp_path, capsys):
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        for name, data in _snapshot(finished_run).items():
+        for name, data in snapshot(finished_run).items():
             (out / name).write_bytes(data)
-        before = _snapshot(out)
+        before = snapshot(out)
         code, err = _cli(capsys, "train", *TINY, "--out", str(out), "--overwrite")
         assert code == 1 and err == (f"fastvae: error: --overwrite cannot replace {out}: it is a mount point, and "
                                      "the new run is built beside it; empty it yourself, or choose another --out\n")
-        assert _snapshot(out) == before and _leftovers(out) == []
+        assert snapshot(out) == before and _leftovers(out) == []
     finally:
         subprocess.run(["umount", str(out)], check=True)
