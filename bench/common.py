@@ -57,13 +57,10 @@ def slugify(text: str) -> str:
 
 
 def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    """The CPU's model name (``/proc/cpuinfo``, else the platform's)."""
+    from fastvae.models.linear import cpuinfo_field
+
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "cpu"
 
 
 def triton_version() -> str:

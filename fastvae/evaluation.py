@@ -25,11 +25,11 @@ through fastvae's fused heads, batched as (K, B, .).
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
 
+from .input_checks import require_positive_int
 from .latent import reparameterize
 from .likelihood import log_likelihood
 from .step import ELBO, Noise, aevb_objective, decoder_rows
@@ -43,12 +43,6 @@ LOG_PX_EXAMPLES = 1000
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def require_count(name: str, value: object) -> int:
-    """``value`` as an int if it is a positive integer (a batch size, a number of draws); else
-    ``ValueError`` naming it: 0 or a negative batch size would evaluate no example at all."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def require_examples(data: torch.Tensor) -> None:
@@ -62,8 +56,11 @@ def require_features(data: torch.Tensor, name: str = "data") -> None:
     counts). uint8 values above 1 are 8-bit pixels, which fastvae's data layer divides by 255
     before any model sees them: evaluated as 0..255 they gave a Bernoulli ELBO of +2,000 nats
     without a word, so they are refused (one host sync, for uint8 data only)."""
-    if data.dtype == torch.uint8 and data.numel() and int(data.max()) > 1:
-        raise ValueError(f"{name} is uint8 with values up to {int(data.max())}: 8-bit pixels, which the model was "
+    if data.dtype != torch.uint8 or not data.numel():
+        return
+    top = int(data.max())  # the one host sync
+    if top > 1:
+        raise ValueError(f"{name} is uint8 with values up to {top}: 8-bit pixels, which the model was "
                          f"trained on divided by 255 (fastvae's data layer does so); pass {name}.float() / 255")
 
 
@@ -137,7 +134,7 @@ def importance_sampled_log_px_and_variance(
     normalised weights w~ (K / that sum is the effective sample size); accumulated over chunks as
     log-sum-exps of log w and of 2 log w, so it never overflows. K = 1 gives no variance (nan).
     """
-    n_samples = require_count("n_samples", n_samples)
+    n_samples = require_positive_int("n_samples", n_samples)
     chunk = max(1, min(n_samples, max_elements // max(1, x.numel())))
     sums, square_sums = [], []
     for start in range(0, n_samples, chunk):
@@ -159,7 +156,7 @@ def dataset_elbo(
     """Mean ELBO per example over ``data`` (N, *example_shape), in nats. Row r's noise is row r of
     ``seed``'s stream (training's RNG is untouched)."""
     likelihood = model_likelihood(model, likelihood)
-    require_count("batch_size", batch_size)
+    require_positive_int("batch_size", batch_size)
     require_examples(data)
     require_features(data)
 
@@ -177,8 +174,8 @@ def dataset_log_px(
     """Mean importance-sampled log p(x) per example over ``data`` (N, *example_shape), in nats
     (draws from torch's generator seeded with ``seed``, forked: training's RNG is untouched)."""
     likelihood = model_likelihood(model, likelihood)
-    require_count("n_samples", n_samples)
-    require_count("batch_size", batch_size)
+    require_positive_int("n_samples", n_samples)
+    require_positive_int("batch_size", batch_size)
     require_examples(data)
     require_features(data)
     device = next(model.parameters()).device
@@ -202,8 +199,8 @@ def dataset_log_px_stats(
     Draws from torch's generator seeded with ``seed``, forked (training's RNG is untouched).
     """
     likelihood = model_likelihood(model, likelihood)
-    n_samples = require_count("n_samples", n_samples)
-    require_count("batch_size", batch_size)
+    n_samples = require_positive_int("n_samples", n_samples)
+    require_positive_int("batch_size", batch_size)
     require_examples(data)
     require_features(data)
     device = next(model.parameters()).device
@@ -243,7 +240,7 @@ def posterior_diagnostics(
     Var_x E_q[z_j] = Var_x mu_j(x) > ``threshold`` (Burda et al. 2015: 0.01);
     ``posterior_mean_variance``: those variances, per dim.
     """
-    require_count("batch_size", batch_size)
+    require_positive_int("batch_size", batch_size)
     require_examples(data)
     require_features(data)
     device = next(model.parameters()).device

@@ -6,7 +6,21 @@ no host-device synchronisation.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
+
+
+def require_positive_int(name: str, value: object, accepts: str = "") -> int:
+    """``value`` as an int if it is a positive integer (a count: draws, rows, steps; a bool is not
+    one); else ``ValueError`` naming ``name`` (``accepts``: what else the caller takes, e.g. " or None").
+
+    >>> require_positive_int("samples", 5)
+    5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{accepts}, got {value!r}")
+    return int(value)
 
 
 def require_float_tensor(name: str, value: object) -> torch.Tensor:

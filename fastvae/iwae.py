@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .input_checks import require_float_tensor, require_same_device
+from .input_checks import require_float_tensor, require_positive_int, require_same_device
 from .latent import draw_latents
 from .likelihood import LIKELIHOODS, log_likelihood
 from .loss import REDUCTIONS
@@ -244,8 +244,7 @@ class IWAE:
     estimator: str = "iwae"
 
     def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be a positive integer, got {self.samples!r}")
+        require_positive_int("samples", self.samples)
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
 

@@ -17,7 +17,8 @@ from . import reference
 from .backend import use_triton
 from .data.seeding import derive_seed
 from .func_transforms import FuncFunction, fold_rows, transforms_active, unfold_rows
-from .input_checks import require_float_tensor, require_rows, require_same_device, require_same_shape
+from .input_checks import (require_float_tensor, require_positive_int, require_rows, require_same_device,
+                           require_same_shape)
 
 SEED_HIGH = 2**62
 # Philox counters of the noise, ((first_row + r) * samples + s) * ceil(Z / 4) + quad, are int64
@@ -336,8 +337,8 @@ def draw_latents(
     require_same_shape("logvar", logvar, "mu", mu)
     if logvar.dtype != mu.dtype:
         raise TypeError(f"logvar has dtype {logvar.dtype} but mu has {mu.dtype}; they must match")
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-        raise ValueError(f"samples must be a positive int (draws per row) or None, got {samples!r}")
+    if samples is not None:
+        samples = require_positive_int("samples", samples, " (draws per row) or None")
     if kl not in KL_MODES:
         raise ValueError(f"kl must be one of {', '.join(KL_MODES)}, got {kl!r}")
     if samples is not None and samples * mu.numel() >= 2**63:

@@ -33,6 +33,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from .data.seeding import derive_seed
+from .input_checks import require_positive_int
 from .latent import draw_latents
 from .likelihood import LIKELIHOODS, log_likelihood
 from .loss import checked_beta
@@ -109,8 +110,7 @@ class ELBO:
     path_gradient: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be a positive integer, got {self.samples!r}")
+        require_positive_int("samples", self.samples)
 
     @property
     def draws(self) -> int:

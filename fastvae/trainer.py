@@ -36,6 +36,7 @@ from .checkpoint import CHECKPOINT_NAME, atomic_write, save_checkpoint
 from .data import Dataset, load_dataset
 from .distributed import ProcessGroupInfo, barrier, setup_process_group, teardown_process_group
 from .evaluation import dataset_elbo, posterior_diagnostics
+from .input_checks import require_positive_int
 from .json_output import to_json
 from .metrics_log import MetricsLog, read_metrics
 from .models import MODEL_CLASSES, build_model, check_vae_model, class_path
@@ -417,9 +418,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, stop_after: int | No
 
     >>> train(TrainConfig(data="fashion-mnist", epochs=10, out="runs/mine"), model=MyVAE())
     """
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
-        raise ValueError(f"stop_after must be a positive integer (steps from the start of training) or None, "
-                         f"got {stop_after!r}")
+    if stop_after is not None:
+        stop_after = require_positive_int("stop_after", stop_after, " (steps from the start of training) or None")
     cfg.check()  # again: a field may have been changed since the config was made
     group = setup_process_group(cfg.device)
     threads_before = torch.get_num_threads()

@@ -341,10 +341,10 @@ MU, LOGVAR = torch.randn(3, 2), torch.randn(3, 2)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(samples=0), ValueError, r"samples must be a positive int .* got 0"),
+    (dict(samples=0), ValueError, r"samples must be a positive integer .* got 0"),
     (dict(samples=-2), ValueError, r"samples must be a positive int"),
-    (dict(samples=2.0), ValueError, r"samples must be a positive int .* got 2.0"),
-    (dict(samples=True), ValueError, r"samples must be a positive int .* got True"),
+    (dict(samples=2.0), ValueError, r"samples must be a positive integer .* got 2.0"),
+    (dict(samples=True), ValueError, r"samples must be a positive integer .* got True"),
     (dict(samples=torch.tensor(3)), ValueError, r"samples must be a positive int"),
     (dict(kl="exact"), ValueError, r"kl must be one of analytic, sampled, got 'exact'"),
     (dict(samples=4, eps=torch.randn(3, 2)), ValueError, r"eps has shape \(3, 2\) but must be \(4, 3, 2\)"),

@@ -34,17 +34,23 @@ from torch.utils.flop_counter import register_flop_formula
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id (``"GenuineIntel"``, ``"AuthenticAMD"``, ...) from ``/proc/cpuinfo``;
-    ``""`` where it cannot be read (not Linux, not x86)."""
+def cpuinfo_field(name: str) -> str:
+    """The first ``name : value`` of ``/proc/cpuinfo`` (e.g. ``"vendor_id"``, ``"model name"``);
+    ``""`` where it cannot be read (not Linux, or no such field)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip().lower() == name:
+                    return value.strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``"GenuineIntel"``, ``"AuthenticAMD"``, ...); ``""`` where unknown."""
+    return cpuinfo_field("vendor_id")
 
 
 #: Whether float32 CPU linears go to oneDNN (see the module docs): where PyTorch's BLAS is MKL
